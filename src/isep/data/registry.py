@@ -1,0 +1,155 @@
+"""Task registry: the paper's D4RL task names mapped onto Minari datasets, envs and reference scores.
+
+The paper (Tables 1-2) uses the legacy D4RL names. Minari republishes most of them (Gymnasium v5
+MuJoCo for locomotion, `D4RL/...` ports for Adroit and Kitchen); locomotion medium-replay is not
+published and must be imported from D4RL's own HDF5 file (`isep data import-d4rl`), after which
+the task name resolves to the imported local id.
+
+Reference scores are D4RL's (`d4rl/infos.py`, REF_MIN_SCORE / REF_MAX_SCORE), so normalized scores
+read on the same scale as the paper's tables. Minari's v5 locomotion envs are not D4RL's v2
+(mujoco-py) envs: the scale is the same, the numbers are close but not identical.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Literal
+
+RewardTransform = Literal["iql_locomotion", "none"]
+
+D4RL_HDF5_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a D4RL task name stands for.
+
+    `minari_ids` are combined in order (medium-expert = medium + expert); `import_id` is the local
+    id that `isep data import-d4rl` writes for tasks Minari does not publish, and is preferred
+    whenever it exists locally.
+    """
+
+    name: str
+    domain: Literal["locomotion", "adroit", "kitchen"]
+    env_id: str
+    ref_min_score: float
+    ref_max_score: float
+    minari_ids: tuple[str, ...] = ()
+    import_id: str | None = None
+    d4rl_file: str | None = None
+    reward_transform: RewardTransform = "none"
+    eval_episodes: int = 20
+    extra_requirements: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def published(self) -> bool:
+        return bool(self.minari_ids)
+
+
+# D4RL reference returns (d4rl/infos.py).
+_REF = {
+    "halfcheetah": (-280.178953, 12135.0),
+    "hopper": (-20.272305, 3234.3),
+    "walker2d": (1.629008, 4592.3),
+    "pen": (96.262799, 3076.8331017826877),
+    "kitchen": (0.0, 4.0),
+}
+_LOCO_ENV = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+
+
+def _locomotion(env: str, kind: str) -> TaskSpec:
+    mins, maxs = _REF[env]
+    minari = {
+        "medium": (f"mujoco/{env}/medium-v0",),
+        "medium-expert": (f"mujoco/{env}/medium-v0", f"mujoco/{env}/expert-v0"),
+        "medium-replay": (),
+    }[kind]
+    return TaskSpec(
+        name=f"{env}-{kind}-v2",
+        domain="locomotion",
+        env_id=_LOCO_ENV[env],
+        ref_min_score=mins,
+        ref_max_score=maxs,
+        minari_ids=minari,
+        import_id=f"d4rl/{env}/{kind}-v2",
+        d4rl_file=f"{D4RL_HDF5_URL}/gym_mujoco_v2/{env}_{kind.replace('-', '_')}-v2.hdf5",
+        reward_transform="iql_locomotion",
+        eval_episodes=20,
+    )
+
+
+def _adroit(kind: str) -> TaskSpec:
+    mins, maxs = _REF["pen"]
+    return TaskSpec(
+        name=f"pen-{kind}-v1",
+        domain="adroit",
+        env_id="AdroitHandPen-v1",
+        ref_min_score=mins,
+        ref_max_score=maxs,
+        minari_ids=(f"D4RL/pen/{kind}-v2",),
+        import_id=f"d4rl/pen/{kind}-v1",
+        eval_episodes=50,
+        extra_requirements=("gymnasium-robotics",),
+    )
+
+
+def _kitchen(kind: str) -> TaskSpec:
+    mins, maxs = _REF["kitchen"]
+    return TaskSpec(
+        name=f"kitchen-{kind}-v0",
+        domain="kitchen",
+        env_id="FrankaKitchen-v1",
+        ref_min_score=mins,
+        ref_max_score=maxs,
+        minari_ids=(f"D4RL/kitchen/{kind}-v2",),
+        import_id=f"d4rl/kitchen/{kind}-v0",
+        eval_episodes=50,
+        extra_requirements=("gymnasium-robotics", "mujoco<3.12"),
+    )
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        *(
+            _locomotion(env, kind)
+            for kind in ("medium", "medium-replay", "medium-expert")
+            for env in ("halfcheetah", "hopper", "walker2d")
+        ),
+        _adroit("human"),
+        _adroit("cloned"),
+        _kitchen("complete"),
+        _kitchen("partial"),
+        _kitchen("mixed"),
+    )
+}
+
+
+def get_task(name: str) -> TaskSpec | None:
+    """The registry entry for a D4RL task name, or None when `name` is not one."""
+    return TASKS.get(name)
+
+
+def task_for_minari_id(dataset_id: str) -> TaskSpec | None:
+    """The task whose data is exactly this one Minari id (used to find reference scores)."""
+    for task in TASKS.values():
+        if task.minari_ids == (dataset_id,) or task.import_id == dataset_id:
+            return task
+    return None
+
+
+def suggest(name: str, candidates: list[str]) -> str:
+    """A 'did you mean' clause for an unknown name, empty when nothing is close."""
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+LOCOMOTION_ENVS = ("HalfCheetah", "Hopper", "Walker2d", "Ant")
+
+
+def default_reward_transform(env_id: str | None) -> RewardTransform:
+    """IQL's locomotion scaling for MuJoCo locomotion envs, raw rewards elsewhere."""
+    if env_id and env_id.split("-")[0] in LOCOMOTION_ENVS:
+        return "iql_locomotion"
+    return "none"

@@ -1,0 +1,99 @@
+"""Write episodes into the local Minari store with `minari.create_dataset_from_buffers`.
+
+Minari's DataCollector needs jax; building `EpisodeBuffer`s from arrays does not. Used by
+`isep data import-d4rl` and by the tests that make small real datasets from MuJoCo rollouts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from isep.data.minari_source import DatasetError, is_local, minari_root
+
+
+@dataclass
+class Episode:
+    """T+1 observations, T actions, rewards, terminations and truncations (Minari's layout)."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+
+
+def write_dataset(
+    dataset_id: str,
+    episodes: list[Episode],
+    env_id: str | None = None,
+    observation_space=None,
+    action_space=None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    description: str | None = None,
+    author: str = "isep",
+):
+    """Create `dataset_id` in the local store; refuses to replace an existing dataset.
+
+    When `env_id` names a registered Gymnasium env it is recorded (so `recover_environment`
+    works); otherwise only the spaces are stored.
+    """
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    root = minari_root()
+    if is_local(dataset_id, root):
+        raise DatasetError(
+            f"Dataset '{dataset_id}' already exists in {root}; nothing was written. Choose another --id, "
+            "or delete that folder first if you mean to replace it."
+        )
+    if not episodes:
+        raise DatasetError(f"no episodes to write for '{dataset_id}'")
+    buffers = [
+        EpisodeBuffer(
+            id=i,
+            observations=np.asarray(ep.observations),
+            actions=np.asarray(ep.actions),
+            rewards=np.asarray(ep.rewards, dtype=np.float64),
+            terminations=np.asarray(ep.terminations, dtype=bool),
+            truncations=np.asarray(ep.truncations, dtype=bool),
+        )
+        for i, ep in enumerate(episodes)
+    ]
+    env = None
+    if env_id is not None:
+        try:
+            gym.spec(env_id)
+            env = env_id
+        except gym.error.Error:
+            env = None  # not installed here (e.g. Adroit without gymnasium-robotics): spaces only
+    if env is None and (observation_space is None or action_space is None):
+        first = episodes[0]
+        observation_space = observation_space or gym.spaces.Box(
+            -np.inf, np.inf, first.observations.shape[1:], np.float64
+        )
+        action_space = action_space or gym.spaces.Box(-1.0, 1.0, first.actions.shape[1:], np.float32)
+    try:
+        return minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=buffers,
+            env=env,
+            observation_space=observation_space,
+            action_space=action_space,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            description=description,
+            author=author,
+            algorithm_name="isep",
+        )
+    except BaseException:
+        # never leave a half-written dataset behind (Minari creates the folder first)
+        partial = Path(root) / dataset_id
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise

@@ -1,0 +1,55 @@
+"""IQL's Gaussian actor: tanh-bounded mean, state-independent log-std, no tanh-squashed density."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from isep.models.mlp import mlp
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianActor(nn.Module):
+    """π(a|s) = N(tanh(f(s)), diag(exp(2·log_std))), log_std a free parameter clipped to [-5, 2].
+
+    (ikostrikov/implicit_q_learning: NormalTanhPolicy with state_dependent_std=False,
+    tanh_squash_distribution=False, log_std_min=-5.) The density is written out rather than taken
+    from `torch.distributions`, so no argument validation syncs with the host.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, act_dim, "relu", dropout=dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (B, A) and log-std (A,)."""
+        return torch.tanh(self.net(obs)), self.log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a|s), summed over action dimensions → (B,)."""
+        mean, log_std = self(obs)
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """One draw a ~ π(·|s) (not clipped)."""
+        mean, log_std = self(obs)
+        return mean + torch.randn_like(mean) * log_std.exp()
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean: IQL evaluates deterministically."""
+        return self(obs)[0]
