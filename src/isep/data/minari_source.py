@@ -15,12 +15,9 @@ import numpy as np
 
 from isep.data.registry import TASKS, TaskSpec, get_task, suggest, task_for_minari_id
 from isep.data.transitions import Transitions, episode_returns_from_flags
+from isep.errors import DatasetError
 
 MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be resolved or read; the message says what to do."""
 
 
 def minari_root() -> Path:

@@ -79,18 +79,22 @@ def write_dataset(
         )
         action_space = action_space or gym.spaces.Box(-1.0, 1.0, first.actions.shape[1:], np.float32)
     try:
-        return minari.create_dataset_from_buffers(
+        dataset = minari.create_dataset_from_buffers(
             dataset_id=dataset_id,
             buffer=buffers,
             env=env,
             observation_space=observation_space,
             action_space=action_space,
-            ref_min_score=ref_min_score,
-            ref_max_score=ref_max_score,
             description=description,
             author=author,
             algorithm_name="isep",
         )
+        # Set the reference scores ourselves: Minari drops them without an env, and estimates a
+        # missing one with 100 random episodes.
+        scores = {"ref_min_score": ref_min_score, "ref_max_score": ref_max_score}
+        if any(v is not None for v in scores.values()):
+            dataset.storage.update_metadata({k: float(v) for k, v in scores.items() if v is not None})
+        return dataset
     except BaseException:
         # never leave a half-written dataset behind (Minari creates the folder first)
         partial = Path(root) / dataset_id

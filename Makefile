@@ -1,0 +1,35 @@
+# isep — the two commands of the README are `make demo` and `make test`; both install first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ISEP   := $(VENV)/bin/isep
+# The CPU wheel on this machine's disk; a looser pin pulls several GB of CUDA packages.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-all bench configs clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install          ## train Gaussian, λ = 0 and ISEP-FM on the toy bandit, write outputs/demo/figure1.png
+	MPLBACKEND=Agg $(ISEP) demo --out outputs/demo
+
+test: install          ## the default suite (CPU, < 10 minutes on 2 cores); CI runs exactly this
+	$(PY) -m pytest -q
+
+test-all: install      ## also the long checks marked `slow`
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: install         ## throughput of the update, with and without Lightning; JSON + Markdown in bench-results/
+	$(PY) benchmarks/throughput.py --out bench-results
+
+configs: install       ## regenerate configs/*.yaml from the Appendix C tables in configs/generate.py
+	$(PY) configs/generate.py
+
+clean:
+	rm -rf outputs runs bench-results .pytest_cache

@@ -1,0 +1,417 @@
+"""`ISEPModule.update` without a Trainer: λ = 0 equals a from-scratch IQL / CFGRL, gradients reach
+only their own network, the target EMA is exact, and every variant runs with finite metrics.
+
+The references below are written from the paper / IQL's code directly and do not call
+`isep.losses`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from isep.models.flow import NEGATIVE, NULL, POSITIVE
+from isep.module import ISEPModule
+
+OBS_DIM, ACT_DIM, B = 3, 2, 32
+
+
+def make_module(actor: str = "gaussian", lam: float = 0.0, **kw) -> ISEPModule:
+    torch.manual_seed(0)
+    kw.setdefault("critic_hidden", [16, 16])
+    kw.setdefault("actor_hidden", [16, 16])
+    kw.setdefault("label_embed_dim", 4)
+    kw.setdefault("flow_steps", 3)
+    return ISEPModule(obs_dim=OBS_DIM, act_dim=ACT_DIM, actor=actor, lam=lam, **kw)
+
+
+def make_batch(seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "observations": torch.randn(B, OBS_DIM, generator=g),
+        "actions": torch.rand(B, ACT_DIM, generator=g) * 1.8 - 0.9,
+        "rewards": torch.randn(B, generator=g),
+        "next_observations": torch.randn(B, OBS_DIM, generator=g),
+        "dones": (torch.rand(B, generator=g) < 0.3).float(),
+    }
+
+
+def optimizers(module: ISEPModule):
+    opts, _scheds = module.configure_optimizers()
+    critic_opt, value_opt, actor_opt = opts
+    return critic_opt, value_opt, actor_opt
+
+
+def perturb_targets(module: ISEPModule, seed: int = 2) -> None:
+    """Make the target critics differ from the online ones (as after some training)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.target_critic.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+# -- from-scratch IQL pieces --------------------------------------------------------------------
+
+
+def iql_value_loss(target_critic, value, obs, act, tau):
+    q1, q2 = target_critic(obs, act)  # (2, B)
+    q_hat = torch.min(q1, q2)
+    u = q_hat - value(obs)
+    weight = torch.abs(tau - (u < 0).float())
+    return (weight * u**2).mean(), q_hat
+
+
+def iql_critic_loss(critic, value, batch, gamma):
+    with torch.no_grad():
+        y = batch["rewards"] + gamma * (1 - batch["dones"]) * value(batch["next_observations"])
+    q1, q2 = critic(batch["observations"], batch["actions"])
+    return ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
+
+
+def iql_gaussian_actor_loss(actor, value, q_hat, obs, act, beta):
+    with torch.no_grad():
+        adv = q_hat - value(obs)
+        w = torch.clamp(torch.exp(beta * adv), max=100.0)
+    mean = torch.tanh(actor.net(obs))
+    std = torch.exp(actor.log_std.clamp(-5.0, 2.0))
+    log_prob = torch.distributions.Normal(mean, std).log_prob(act).sum(-1)
+    return (-w * log_prob).mean()
+
+
+def cfgrl_actor_loss(actor, value, q_hat, obs, act, label_dropout=0.1):
+    """CFGRL's flow-matching loss, drawing x0, t, drop in that order from the global RNG."""
+    with torch.no_grad():
+        adv = q_hat - value(obs)
+    x0 = torch.randn_like(act)
+    t = torch.rand(act.shape[0])
+    drop = torch.rand(act.shape[0]) < label_dropout
+    labels = torch.full((act.shape[0],), NEGATIVE, dtype=torch.long)
+    labels[adv > 0] = POSITIVE
+    labels[drop] = NULL
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * act
+    v = actor(x_t, t, obs, labels)
+    return ((v - (act - x0)) ** 2).mean()
+
+
+@pytest.mark.parametrize("beta", [3.0, 50.0])
+def test_lambda_zero_gaussian_is_iql(beta):
+    module = make_module("gaussian", 0.0, beta=beta, expectile=0.8, gamma=0.9)
+    perturb_targets(module)
+    batch = make_batch()
+    obs, act = batch["observations"], batch["actions"]
+    hp = module.hparams
+    ref = copy.deepcopy(module)
+    target, value, actor, critic = ref.target_critic, ref.value, ref.actor, ref.critic
+
+    info = module.update(batch, *optimizers(module))
+
+    # V step (target twins, expectile τ)
+    v_loss, q_hat = iql_value_loss(target, value, obs, act, 0.8)
+    assert torch.allclose(info["value/loss"], v_loss, rtol=1e-5, atol=1e-6)
+    v_opt = torch.optim.Adam(value.parameters(), lr=hp.value_lr)
+    v_opt.zero_grad()
+    v_loss.backward()
+    v_opt.step()
+    for p_ref, p in zip(value.parameters(), module.value.parameters()):
+        assert torch.allclose(p_ref, p, atol=1e-6)
+
+    # actor step: AWR with the V *after* its step
+    a_loss = iql_gaussian_actor_loss(actor, value, q_hat.detach(), obs, act, beta)
+    assert torch.allclose(info["actor/loss"], a_loss, rtol=1e-5, atol=1e-5)
+    a_opt = torch.optim.Adam(actor.parameters(), lr=hp.actor_lr)
+    a_opt.zero_grad()
+    a_loss.backward()
+    a_opt.step()
+    for p_ref, p in zip(actor.parameters(), module.actor.parameters()):
+        assert torch.allclose(p_ref, p, atol=1e-6)
+
+    # Q step: y = r + γ(1 − d)·V(s') with the stepped V
+    c_loss = iql_critic_loss(critic, value, batch, 0.9)
+    assert torch.allclose(info["critic/loss"], c_loss, rtol=1e-5, atol=1e-6)
+    c_opt = torch.optim.Adam(critic.parameters(), lr=hp.critic_lr)
+    c_opt.zero_grad()
+    c_loss.backward()
+    c_opt.step()
+    for p_ref, p in zip(critic.parameters(), module.critic.parameters()):
+        assert torch.allclose(p_ref, p, atol=1e-6)
+
+    # target critics are not touched by update()
+    assert params_equal(module.target_critic, ref.target_critic)
+
+
+def test_update_uses_stepped_value_for_actor_and_critic():
+    """The actor and critic losses must use V after its own step, not the V of the start."""
+    module = make_module("gaussian", 0.0, value_lr=0.05, gamma=0.9)
+    perturb_targets(module)
+    batch = make_batch()
+    obs, act = batch["observations"], batch["actions"]
+    ref = copy.deepcopy(module)
+    info = module.update(batch, *optimizers(module))
+    _, q_hat = iql_value_loss(ref.target_critic, ref.value, obs, act, module.hparams.expectile)
+    with torch.no_grad():
+        old_v_actor = iql_gaussian_actor_loss(ref.actor, ref.value, q_hat, obs, act, module.hparams.beta)
+        new_v_actor = iql_gaussian_actor_loss(ref.actor, module.value, q_hat, obs, act, module.hparams.beta)
+        old_v_critic = iql_critic_loss(ref.critic, ref.value, batch, 0.9)
+        new_v_critic = iql_critic_loss(ref.critic, module.value, batch, 0.9)
+    assert not torch.allclose(old_v_actor, new_v_actor, rtol=1e-4)
+    assert not torch.allclose(old_v_critic, new_v_critic, rtol=1e-4)
+    assert torch.allclose(info["actor/loss"], new_v_actor, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(info["critic/loss"], new_v_critic, rtol=1e-5, atol=1e-6)
+
+
+def test_lambda_zero_flow_is_cfgrl():
+    module = make_module("flow", 0.0, gamma=0.95)
+    perturb_targets(module)
+    batch = make_batch()
+    obs, act = batch["observations"], batch["actions"]
+    ref = copy.deepcopy(module)
+
+    info = module.update(batch, *optimizers(module))
+    assert "q_pi/mean" not in info
+    v_loss, q_hat = iql_value_loss(ref.target_critic, ref.value, obs, act, module.hparams.expectile)
+    assert torch.allclose(info["value/loss"], v_loss, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(info["actor/loss"])
+    # critic with the stepped V (= module.value, which nothing after the V step changes)
+    c_loss = iql_critic_loss(ref.critic, module.value, batch, 0.95)
+    assert torch.allclose(info["critic/loss"], c_loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flow_actor_loss_lambda_zero_matches_cfgrl(seed):
+    module = make_module("flow", 0.0)
+    perturb_targets(module)
+    batch = make_batch(seed + 10)
+    obs, act = batch["observations"], batch["actions"]
+    with torch.no_grad():
+        q_hat = torch.min(*module.target_critic(obs, act))
+        # shift V so that both positive and negative labels occur
+        module.value.net[-1].bias.fill_(0.0)
+        module.value.net[-1].bias.add_(q_hat.median() - module.value(obs).median())
+    torch.manual_seed(seed)
+    loss, info = module.actor_loss(batch, q_hat, None, None)
+    torch.manual_seed(seed)
+    ref = cfgrl_actor_loss(module.actor, module.value, q_hat, obs, act, module.hparams.label_dropout)
+    assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(info["actor/loss"], ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        adv = q_hat - module.value(obs)
+    assert 0 < (adv > 0).float().mean() < 1
+    assert torch.allclose(info["adv/positive_frac"], (adv > 0).float().mean())
+
+
+# -- λ > 0 losses against direct formulas -------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_policy_loss", ["mse", "expectile"])
+def test_value_loss_lambda_half_expectation(value_policy_loss):
+    lam, tau = 0.5, 0.7
+    module = make_module("gaussian", lam, expectile=tau, value_policy_loss=value_policy_loss)
+    batch = make_batch()
+    obs = batch["observations"]
+    g = torch.Generator().manual_seed(3)
+    q_data, q_pi = torch.randn(B, generator=g), torch.randn(B, generator=g)
+    loss, info = module.value_loss(batch, q_data, q_pi)
+    with torch.no_grad():
+        v = module.value(obs)
+    u_d, u_p = q_data - v, q_pi - v
+    data = torch.where(u_d < 0, 1 - tau, tau) * u_d**2
+    pi = u_p**2 if value_policy_loss == "mse" else torch.where(u_p < 0, 1 - tau, tau) * u_p**2
+    assert torch.allclose(loss, ((1 - lam) * data + lam * pi).mean(), rtol=1e-5)
+    assert torch.allclose(info["q_pi/mean"], q_pi.mean())
+    assert torch.allclose(info["q_pi/minus_q_data"], (q_pi - q_data).mean())
+
+
+def test_value_loss_bernoulli_gate_matches_seeded_draw():
+    lam, tau = 0.5, 0.7
+    module = make_module("gaussian", lam, expectile=tau, value_mix="bernoulli")
+    batch = make_batch()
+    g = torch.Generator().manual_seed(3)
+    q_data, q_pi = torch.randn(B, generator=g), torch.randn(B, generator=g)
+    with torch.no_grad():
+        v = module.value(batch["observations"])
+    torch.manual_seed(5)
+    loss, _ = module.value_loss(batch, q_data, q_pi)
+    torch.manual_seed(5)
+    gate = torch.rand(B) < lam
+    u_d, u_p = q_data - v, q_pi - v
+    data = torch.where(u_d < 0, 1 - tau, tau) * u_d**2
+    assert 0 < gate.sum() < B
+    assert torch.allclose(loss, torch.where(gate, u_p**2, data).mean(), rtol=1e-5)
+
+
+def test_gaussian_actor_loss_deterministic_mix_matches_interpolation():
+    lam, beta = 0.3, 2.0
+    module = make_module("gaussian", lam, beta=beta, policy_mix="deterministic")
+    perturb_targets(module)
+    batch = make_batch()
+    obs, act = batch["observations"], batch["actions"]
+    g = torch.Generator().manual_seed(4)
+    a_pi = torch.rand(B, ACT_DIM, generator=g) * 2 - 1
+    with torch.no_grad():
+        q_data = torch.min(*module.target_critic(obs, act))
+        q_pi = torch.min(*module.target_critic(obs, a_pi))
+    loss, _ = module.actor_loss(batch, q_data, a_pi, q_pi)
+    a_bar = (1 - lam) * act + lam * a_pi
+    with torch.no_grad():
+        q_bar = torch.min(*module.target_critic(obs, a_bar))
+    ref = iql_gaussian_actor_loss(module.actor, module.value, q_bar, obs, a_bar, beta)
+    assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_actor_loss_stochastic_mix_matches_seeded_gate():
+    lam, beta = 0.5, 2.0
+    module = make_module("gaussian", lam, beta=beta)
+    perturb_targets(module)
+    batch = make_batch()
+    obs, act = batch["observations"], batch["actions"]
+    g = torch.Generator().manual_seed(4)
+    a_pi = torch.rand(B, ACT_DIM, generator=g) * 2 - 1
+    with torch.no_grad():
+        q_data = torch.min(*module.target_critic(obs, act))
+        q_pi = torch.min(*module.target_critic(obs, a_pi))
+    torch.manual_seed(9)
+    loss, _ = module.actor_loss(batch, q_data, a_pi, q_pi)
+    torch.manual_seed(9)
+    gate = torch.rand(B) < lam
+    assert 0 < gate.sum() < B
+    a1 = torch.where(gate[:, None], a_pi, act)
+    q1 = torch.where(gate, q_pi, q_data)
+    ref = iql_gaussian_actor_loss(module.actor, module.value, q1, obs, a1, beta)
+    assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_policy_q_caps_q_pi_at_bound():
+    module = make_module("gaussian", 0.5, clip_policy_q=True, gamma=0.9)
+    with torch.no_grad():
+        module.critic.net.head.bias.fill_(5.0)  # Q ≈ 5 everywhere
+        module.target_critic.net.head.bias.fill_(5.0)
+    module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(0.1))  # bound 0.1/0.1 = 1
+    batch = make_batch()
+    q_data, a_pi, q_pi = module._targets(batch)
+    with torch.no_grad():
+        raw = torch.min(*module.target_critic(batch["observations"], a_pi))
+    assert (raw > 1.0).any()
+    assert torch.allclose(q_pi, torch.clamp(raw, max=1.0))
+    assert torch.allclose(module.q_bound, torch.tensor(1.0))
+
+
+# -- gradient isolation -------------------------------------------------------------------------
+
+
+def _grad_owners(module: ISEPModule) -> dict[str, bool]:
+    owners = {}
+    for name in ("critic", "target_critic", "value", "actor"):
+        params = list(getattr(module, name).parameters())
+        owners[name] = any(p.grad is not None and torch.any(p.grad != 0) for p in params)
+        if owners[name]:
+            # every parameter of a network that got gradients has one
+            assert all(p.grad is not None for p in params if p.requires_grad), name
+    return owners
+
+
+def _zero(module: ISEPModule) -> None:
+    for p in module.parameters():
+        p.grad = None
+
+
+@pytest.mark.parametrize("actor", ["gaussian", "flow"])
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_each_loss_reaches_only_its_network(actor, lam):
+    module = make_module(actor, lam)
+    perturb_targets(module)
+    batch = make_batch()
+    q_data, a_pi, q_pi = module._targets(batch)
+    for tensor in (q_data, a_pi, q_pi):
+        assert tensor is None or not tensor.requires_grad
+
+    _zero(module)
+    module.value_loss(batch, q_data, q_pi)[0].backward()
+    assert _grad_owners(module) == {"critic": False, "target_critic": False, "value": True, "actor": False}
+
+    _zero(module)
+    module.actor_loss(batch, q_data, a_pi, q_pi)[0].backward()
+    assert _grad_owners(module) == {"critic": False, "target_critic": False, "value": False, "actor": True}
+
+    _zero(module)
+    module.critic_loss(batch)[0].backward()
+    assert _grad_owners(module) == {"critic": True, "target_critic": False, "value": False, "actor": False}
+
+    assert all(p.grad is None and not p.requires_grad for p in module.target_critic.parameters())
+
+
+def test_optimizers_hold_disjoint_parameter_sets():
+    module = make_module("flow", 0.5)
+    critic_opt, value_opt, actor_opt = optimizers(module)
+
+    def ids(opt):
+        return {id(p) for group in opt.param_groups for p in group["params"]}
+
+    assert ids(critic_opt) == {id(p) for p in module.critic.parameters()}
+    assert ids(value_opt) == {id(p) for p in module.value.parameters()}
+    assert ids(actor_opt) == {id(p) for p in module.actor.parameters()}
+    target_ids = {id(p) for p in module.target_critic.parameters()}
+    assert not target_ids & (ids(critic_opt) | ids(value_opt) | ids(actor_opt))
+
+
+@pytest.mark.parametrize("actor", ["gaussian", "flow"])
+def test_update_moves_online_networks_not_targets(actor):
+    module = make_module(actor, 0.5)
+    perturb_targets(module)
+    before = copy.deepcopy(module)
+    module.update(make_batch(), *optimizers(module))
+    for name in ("critic", "value", "actor"):
+        assert not params_equal(getattr(module, name), getattr(before, name)), name
+    assert params_equal(module.target_critic, before.target_critic)
+
+
+def test_update_targets_is_exact_lerp():
+    rho = 0.1
+    module = make_module("gaussian", 0.0, target_update_rate=rho)
+    perturb_targets(module)
+    module.update(make_batch(), *optimizers(module))
+    old_target = [p.detach().clone() for p in module.target_critic.parameters()]
+    online = [p.detach().clone() for p in module.critic.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(old_target, online))
+    module.update_targets()
+    for new, old, q in zip(module.target_critic.parameters(), old_target, online):
+        assert torch.allclose(new, old + rho * (q - old), atol=1e-7)
+    # the online critic is untouched by the EMA
+    assert all(torch.equal(p, q) for p, q in zip(module.critic.parameters(), online))
+
+
+# -- every variant runs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("actor", ["gaussian", "flow"])
+@pytest.mark.parametrize("policy_mix", ["stochastic", "deterministic"])
+@pytest.mark.parametrize("value_mix", ["expectation", "bernoulli"])
+def test_update_variants_finite(actor, policy_mix, value_mix):
+    module = make_module(actor, 0.5, policy_mix=policy_mix, value_mix=value_mix)
+    opts = optimizers(module)
+    for step in range(3):
+        info = module.update(make_batch(step), *opts)
+        module.update_targets()
+    assert "q_pi/mean" in info
+    for key in ("value/loss", "actor/loss", "critic/loss", "q_pi/mean"):
+        assert key in info
+    for key, value in info.items():
+        assert torch.isfinite(value).all(), key
+        assert not value.requires_grad, key
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.0, 1.5, math.nan])
+def test_constructor_rejects_lam_outside_unit_interval(lam):
+    with pytest.raises(ValueError, match="lam"):
+        make_module("gaussian", lam)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.99])
+def test_constructor_accepts_lam_in_range(lam):
+    assert make_module("gaussian", lam).hparams.lam == lam
