@@ -44,12 +44,17 @@ def policy_summary(model, bandit, n: int = 2000) -> dict:
     actions = model.act(obs, stochastic=True).cpu()
     reward = bandit.reward(actions)
     near = lambda c: ((actions - torch.tensor(c)).norm(dim=-1) < NEAR).float().mean().item()  # noqa: E731
-    return {
+    summary = {
         "expected_reward": reward.mean().item(),
         "share_near_optimum": near(OPTIMUM),
         "share_near_suboptimum": near(SUBOPTIMUM),
         "samples": actions.numpy(),
     }
+    if model.hparams.actor == "gaussian":  # what IQL deploys: the mean action
+        mean = model.act(obs[:1]).cpu()
+        summary["mean_action"] = [round(v, 3) for v in mean[0].tolist()]
+        summary["reward_at_mean"] = bandit.reward(mean).item()
+    return summary
 
 
 def draw_figure(bandit, dataset_actions, results: dict, path: Path) -> None:
@@ -111,7 +116,7 @@ def demo_main(argv: Sequence[str] = ()) -> int:
             "lam": model.hparams.lam,
             "updates": int(model.global_step),
             "updates_per_s": round(speed, 1),
-            **{k: round(v, 4) for k, v in res.items() if k != "samples"},
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k != "samples"},
         }
         print(f"{label:24} E[r] = {res['expected_reward']:.3f}   near optimum {100 * res['share_near_optimum']:5.1f}%   "
               f"near suboptimum {100 * res['share_near_suboptimum']:5.1f}%   ({speed:.0f} updates/s)")
