@@ -3,7 +3,9 @@ runs log (experiment per task; tags task/actor/lam/policy_mix/seed; eval metrics
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import re
 import subprocess
@@ -66,11 +68,14 @@ def log_run(client, exp_id, task, actor, lam, seed, key, values, status="FINISHE
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("mlstore"))
+
+
+def build_store(root: Path) -> dict:
     """A sqlite store: 2 D4RL tasks × {gaussian λ 0, 0.5; flow λ 0, 0.3} × 2 seeds, one FAILED run, one
     RUNNING run, a toy bandit task logging eval/expected_reward, and an experiment with a foreign run."""
     from mlflow.tracking import MlflowClient
 
-    root = tmp_path_factory.mktemp("mlstore")
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     ids = {}
@@ -88,7 +93,27 @@ def store(tmp_path_factory):
     foreign = client.create_run(ids["scratch"], run_name="notebook")
     client.log_metric(foreign.info.run_id, NS, 1.0, step=1)
     client.set_terminated(foreign.info.run_id, "FINISHED")
-    return {"uri": uri, "root": root, "failed": failed, "running": running}
+    files = sorted(p.relative_to(root) for p in root.rglob("*"))
+    return {"uri": uri, "root": root, "failed": failed, "running": running, "snapshot": snapshot(uri), "files": files}
+
+
+@pytest.fixture(scope="module")
+def default_run(store, tmp_path_factory):
+    """`isep compare` over every experiment with the default options, in a fresh interpreter (so that
+    what it imports can be checked): (stdout, --out, heavy modules it imported)."""
+    out_dir = tmp_path_factory.mktemp("compare") / "out"
+    code = (
+        "import sys\n"
+        "from isep.compare import compare_main\n"
+        f"rc = compare_main(['--tracking_uri', {store['uri']!r}, '--out', {str(out_dir)!r}])\n"
+        "heavy = [m for m in ('lightning', 'pytorch_lightning', 'isep.module', 'isep.cli') if m in sys.modules]\n"
+        "print('HEAVY:', ','.join(heavy), file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    heavy = proc.stderr.rsplit("HEAVY:", 1)[1].strip()
+    return proc.stdout, out_dir, heavy
 
 
 def run(argv, capsys):
@@ -128,8 +153,8 @@ def parse_cell(cell: str):
     return float(m.group(1)), float(m.group(2)), int(m.group(3))
 
 
-def test_table_cells_are_mean_and_std_over_seeds(store, tmp_path, capsys):
-    out, _ = compare_ok(store, tmp_path, capsys)
+def test_table_cells_are_mean_and_std_over_seeds(default_run):
+    out, _, _ = default_run
     header, rows = parse_table(out, NS)
     assert header == ["IQL (λ=0)", "ISEP λ=0.5", "CFGRL (λ=0)", "ISEP-FM λ=0.3"]
     assert set(rows) == {WALKER, HOPPER, "mean over tasks"}
@@ -143,8 +168,8 @@ def test_table_cells_are_mean_and_std_over_seeds(store, tmp_path, capsys):
         assert float(rows["mean over tasks"][label]) == pytest.approx(expected, abs=0.051)
 
 
-def test_best_lambda_line_names_variant_and_margins(store, tmp_path, capsys):
-    out, _ = compare_ok(store, tmp_path, capsys)
+def test_best_lambda_line_names_variant_and_margins(default_run):
+    out, _, _ = default_run
     w = {k[1:]: np.mean(v) for k, v in FINALS.items() if k[0] == WALKER}
     w_std = np.std(FINALS[(WALKER, "flow", 0.3)], ddof=1)
     walker = (f"{WALKER}: best ISEP-FM λ=0.3 = {w[('flow', 0.3)]:.1f} ± {w_std:.1f} (n=2), "
@@ -159,8 +184,8 @@ def test_best_lambda_line_names_variant_and_margins(store, tmp_path, capsys):
     assert hopper in out.splitlines()
 
 
-def test_csv_long_format(store, tmp_path, capsys):
-    _, out_dir = compare_ok(store, tmp_path, capsys)
+def test_csv_long_format(default_run):
+    _, out_dir, _ = default_run
     with open(out_dir / "table.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[:8] == ["task", "actor", "lam", "policy_mix", "mean", "std", "n", "seeds"]
@@ -177,10 +202,10 @@ def test_csv_long_format(store, tmp_path, capsys):
     assert (out_dir / "table.md").read_text().count("| Task |") == 2
 
 
-def test_pngs_are_written_and_valid(store, tmp_path, capsys):
+def test_pngs_are_written_and_valid(default_run):
     from matplotlib.image import imread
 
-    _, out_dir = compare_ok(store, tmp_path, capsys)
+    _, out_dir, _ = default_run
     for name in ("learning_curves.png", "score_vs_lambda.png"):
         path = out_dir / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -189,8 +214,8 @@ def test_pngs_are_written_and_valid(store, tmp_path, capsys):
         assert img[..., :3].std() > 0.01  # something is drawn
 
 
-def test_failed_and_running_runs_listed_apart(store, tmp_path, capsys):
-    out, _ = compare_ok(store, tmp_path, capsys)
+def test_failed_and_running_runs_listed_apart(store, default_run, tmp_path, capsys):
+    out, _, _ = default_run
     assert "not counted: 1 FAILED run (flow-lam0.3-s2" in out
     assert store["failed"][:8] in out
     assert "not counted: 1 RUNNING run (gaussian-lam0.5-s2" in out
@@ -205,6 +230,7 @@ def test_failed_and_running_runs_listed_apart(store, tmp_path, capsys):
     assert n == 3 and mean == pytest.approx(np.mean(finals), abs=0.051)
     assert parse_cell(rows[HOPPER]["ISEP λ=0.5"])[2] == 3
     assert "not counted" not in out and "1 FAILED, 1 RUNNING" in out
+    assert f"{HOPPER} ISEP λ=0.5: its runs end at different steps (100–300)" in out  # the RUNNING run
 
 
 def test_final_best_uses_the_peak_and_last_uses_the_last_step(store, tmp_path, capsys):
@@ -323,25 +349,15 @@ def snapshot(uri):
 
 
 def test_store_is_left_unchanged(store, tmp_path, capsys):
-    before = snapshot(store["uri"])
-    files_before = sorted(p.relative_to(store["root"]) for p in store["root"].rglob("*"))
-    assert len(before[1]) == 16 + 2 + 3 + 1
-    compare_ok(store, tmp_path, capsys)
+    """Against the snapshot taken when the store was written: covers every compare of this module."""
+    before = store["snapshot"]
+    assert len(before[1]) == 16 + 2 + 3 + 1 and len(before[0]) == 5
     compare_ok(store, tmp_path, capsys, "--include_unfinished", "--final", "best")
     run(["--tracking_uri", store["uri"], "--experiment", "nope", "--out", str(tmp_path / "o")], capsys)
     assert snapshot(store["uri"]) == before
-    assert sorted(p.relative_to(store["root"]) for p in store["root"].rglob("*")) == files_before
+    assert sorted(p.relative_to(store["root"]) for p in store["root"].rglob("*")) == store["files"]
 
 
-def test_does_not_import_lightning(store, tmp_path):
-    code = (
-        "import sys\n"
-        "from isep.compare import compare_main\n"
-        f"rc = compare_main(['--tracking_uri', {store['uri']!r}, '--experiment', {TOY!r}, '--out', {str(tmp_path)!r}])\n"
-        "assert rc == 0, rc\n"
-        "heavy = [m for m in ('lightning', 'pytorch_lightning') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (Path(tmp_path) / "table.csv").exists()
+def test_does_not_import_lightning(default_run):
+    """`import lightning` costs ≈ 4.5 s: a whole compare (MLflow, tables, figures) must not pull it in."""
+    assert default_run[2] == ""

@@ -292,7 +292,7 @@ def test_clip_policy_q_caps_q_pi_at_bound():
     with torch.no_grad():
         module.critic.net.head.bias.fill_(5.0)  # Q ≈ 5 everywhere
         module.target_critic.net.head.bias.fill_(5.0)
-    module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(0.1))  # bound 0.1/0.1 = 1
+    module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(0.1), torch.tensor(0.1))  # bound 0.1/0.1 = 1
     batch = make_batch()
     q_data, a_pi, q_pi = module._targets(batch)
     with torch.no_grad():

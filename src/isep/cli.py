@@ -1,15 +1,25 @@
-"""The `isep` command: LightningCLI's fit/validate/test, plus `isep data ...` and `isep demo`.
+"""The `isep` command: LightningCLI's fit/validate/test, plus `isep data ...`, `isep compare`, `isep demo`.
 
-`isep data` and `isep demo --help` do not import Lightning (≈ 4.5 s); only training does.
+`isep data` and `isep compare` do not import Lightning (≈ 4.5 s); only training does.
+
+Each run lives in its own folder, `<trainer.default_root_dir>/<dataset>/<actor>-lam<λ>-<mix>-seed<s>-<hash>`
+(the hash covers every model and data setting), holding `config.yaml`, `checkpoints/last.ckpt`, the
+best checkpoint, CSV metrics and `eval_returns.jsonl`; `--ckpt_path last` resumes the run of that
+folder. Every run is also an MLflow run (experiment = dataset), unless `--mlflow.enabled false`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from isep.errors import ISEPError
+from isep.errors import ConfigError, ISEPError
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -17,20 +27,135 @@ TRAINER_DEFAULTS = {
     # drop them, so its own cadence is every step.
     "log_every_n_steps": 1,
 }
+RUN_ID_FILE = "mlflow_run_id"
+HASH_EXCLUDE = {"model.log_every", "data.val_batches", "data.download"}
+
+
+def _flat(prefix: str, value) -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def run_key(config: dict) -> str:
+    """The run's folder name below the root: dataset, then actor, λ, mix, seed and a config hash."""
+    model, data = config.get("model") or {}, config.get("data") or {}
+    settings = {k: v for k, v in _flat("", {"model": model, "data": data}).items() if k not in HASH_EXCLUDE}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    dataset = data.get("dataset", "dataset")
+    dataset = "+".join(dataset) if isinstance(dataset, list) else str(dataset)
+    slug = re.sub(r"[^\w.+-]+", "_", dataset.replace("/", "__"))
+    return (
+        f"{slug}/{model.get('actor', 'flow')}-lam{model.get('lam', 0.0)}-{model.get('policy_mix', 'stochastic')}"
+        f"-seed{config.get('seed_everything')}-{digest}"
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".isep-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write to the run folder {folder} ({err.strerror or err}); choose another --trainer.default_root_dir"
+        ) from err
 
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True):
     """Construct (and by default run) the LightningCLI over `ISEPModule` and `D4RLDataModule`."""
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.loggers import CSVLogger
 
+    from isep.callbacks.checkpoint import BestCheckpoint, LastCheckpoint
+    from isep.callbacks.evaluation import RolloutEvaluation
+    from isep.callbacks.tracking import MLflowRunRecord, git_commit, make_mlflow_logger
     from isep.data.datamodule import D4RLDataModule
     from isep.module import ISEPModule
+
+    class SaveRunConfig(SaveConfigCallback):
+        """Writes the resolved config into the run folder and, with MLflow, as an artifact + params."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if stage != "fit":
+                return
+            path = Path(trainer.default_root_dir) / "config.yaml"
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+            flat = {k: v for k, v in _flat("", self.config.as_dict()).items() if k != "config"}
+            for logger in trainer.loggers:
+                if type(logger).__name__ == "MLFlowLogger":
+                    logger.log_hyperparams({k: str(v)[:500] for k, v in flat.items()})
+                    logger.experiment.log_artifact(logger.run_id, str(path))
 
     class ISEPCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             # Network sizes follow the data: the DataModule reads them from the dataset's spaces.
             parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
             parser.link_arguments("data.act_dim", "model.act_dim", apply_on="instantiate")
+            parser.add_lightning_class_args(RolloutEvaluation, "evaluation")
+            parser.add_argument("--mlflow.enabled", type=bool, default=True, help="log the run to MLflow")
+            parser.add_argument("--mlflow.tracking_uri", type=str | None, default=None,
+                                help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+            parser.add_argument("--mlflow.experiment", type=str | None, default=None,
+                                help="MLflow experiment (default: the dataset's name)")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            plain = cfg.as_dict()
+            self.run_dir = Path(plain["trainer"].get("default_root_dir") or "runs") / run_key(plain)
+            cfg.trainer.default_root_dir = str(self.run_dir)
+            if self.subcommand == "fit":
+                _check_writable(self.run_dir)
+            if cfg.get("ckpt_path") == "last":
+                last = self.run_dir / "checkpoints" / "last.ckpt"
+                if last.is_file():
+                    cfg.ckpt_path = str(last)
+                else:
+                    print(f"isep: no checkpoint at {last}; starting this run from scratch", file=sys.stderr)
+                    cfg.ckpt_path = None
+            self.resuming = bool(cfg.get("ckpt_path")) and self.subcommand == "fit"
+
+        def instantiate_trainer(self, **kwargs):
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            plain = cfg.as_dict()
+            ckpt_dir = self.run_dir / "checkpoints"
+            callbacks = [LastCheckpoint(ckpt_dir), MLflowRunRecord()]
+            every = plain["evaluation"].get("every", 0) or 0
+            if every > 0:
+                # first: the trainer's `checkpoint_callback`, whose best file MLflow keeps as an artifact
+                callbacks.insert(0, BestCheckpoint(ckpt_dir, every))
+            configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            configured = configured if isinstance(configured, list) else [configured]
+            kwargs["callbacks"] = callbacks + configured + list(kwargs.get("callbacks") or [])
+            if plain["trainer"].get("logger") in (None, True):
+                loggers = [CSVLogger(self.run_dir, name="csv")]
+                if plain["mlflow"]["enabled"] and self.subcommand == "fit":
+                    loggers.insert(0, self._mlflow_logger(plain))
+                kwargs["logger"] = loggers
+            return super().instantiate_trainer(**kwargs)
+
+        def _mlflow_logger(self, plain: dict):
+            model, data = plain["model"], plain["data"]
+            dataset = data["dataset"] if isinstance(data["dataset"], str) else "+".join(data["dataset"])
+            id_file = self.run_dir / RUN_ID_FILE
+            run_id = id_file.read_text().strip() if (self.resuming and id_file.is_file()) else None
+            tags = {
+                "task": dataset,
+                "actor": model["actor"],
+                "lam": str(float(model["lam"])),
+                "policy_mix": model["policy_mix"],
+                "seed": str(plain.get("seed_everything")),
+                "git_commit": git_commit(),
+                "run_dir": str(self.run_dir),
+            }
+            logger = make_mlflow_logger(plain["mlflow"]["experiment"] or dataset, self.run_dir.name,
+                                        plain["mlflow"]["tracking_uri"], tags, run_id)
+            id_file.write_text(logger.run_id)
+            return logger
 
     return ISEPCLI(
         ISEPModule,
@@ -38,6 +163,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
         args=args,
         run=run,
         trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         parser_kwargs={"description": "ISEP / ISEP-FM offline RL (PyTorch Lightning)."},
@@ -73,9 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `isep` console script."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     try:
         if argv and argv[0] == "data":
             return data_main(argv[1:])
+        if argv and argv[0] == "compare":
+            from isep.compare import compare_main
+
+            return compare_main(argv[1:])
         if argv and argv[0] == "demo":
             from isep.demo import demo_main
 

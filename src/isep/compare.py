@@ -227,9 +227,44 @@ def local_store_path(uri: str) -> Path | None:
     return None
 
 
+def check_sqlite_store(path: Path, uri: str) -> None:
+    """Refuse a sqlite file that MLflow would write to when opening it: MLflow creates (migrates) the
+    tables of a database that lacks some, and re-creates a missing default experiment. Checked
+    through a read-only connection with MLflow's own table test."""
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow.store.db.utils import _all_tables_exist
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    ro = path.absolute().as_uri() + "?mode=ro"
+    engine = sqlalchemy.create_engine("sqlite://", creator=lambda: sqlite3.connect(ro, uri=True),
+                                      poolclass=sqlalchemy.pool.NullPool)
+    try:
+        if not _all_tables_exist(engine):
+            raise CompareError(
+                f"{path.absolute()} ({uri}) is not an MLflow store of this MLflow version (tables are missing); "
+                "compare never creates or migrates tables — if it is an older store, upgrade it yourself with "
+                f"`mlflow db upgrade {uri}`"
+            )
+        with engine.connect() as con:
+            default = con.execute(sqlalchemy.text("SELECT 1 FROM experiments WHERE experiment_id = :i"),
+                                  {"i": int(SqlAlchemyStore.DEFAULT_EXPERIMENT_ID)}).first()
+        if default is None:
+            raise CompareError(f"the MLflow store {uri} has no default experiment (id 0); MLflow would re-create it on "
+                               "opening the store, and compare does not write to the store")
+    except sqlalchemy.exc.DBAPIError as err:
+        raise CompareError(f"{path.absolute()} ({uri}) is not a readable MLflow sqlite store: {err.orig}") from None
+    finally:
+        engine.dispose()
+
+
 def open_client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    local = local_store_path(uri)
+    if uri.startswith("sqlite:///") and local is not None:
+        check_sqlite_store(local, uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -509,6 +544,17 @@ def duplicate_seed_notes(groups: dict[GroupKey, Group]) -> list[str]:
     return notes
 
 
+def uneven_length_notes(groups: dict[GroupKey, Group]) -> list[str]:
+    """Runs of one group that stopped at different update counts are scored at different lengths."""
+    notes = []
+    for g in groups.values():
+        ends = sorted({r.steps[-1] for r in g.runs})
+        if len(ends) > 1:
+            notes.append(f"{g.key.task} {g.label}: its runs end at different steps ({ends[0]}–{ends[-1]}); "
+                         "their scores come from different training lengths")
+    return notes
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend switch)
 
@@ -519,8 +565,12 @@ def _figure(panels: int):
 
     ncols = min(3, panels)
     nrows = math.ceil(panels / ncols)
-    fig = Figure(figsize=(5.0 * ncols, 3.6 * nrows), layout="constrained")
+    width, height = 5.0 * ncols, 3.6 * nrows + 0.4
+    fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
+    # fixed margins in inches: constrained layout would double the drawing time
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.75 / height,
+                        wspace=0.3, hspace=0.45)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[panels:]:
         ax.set_visible(False)
@@ -565,7 +615,7 @@ def plot_learning_curves(groups: dict[GroupKey, Group], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle("mean over seeds ± std")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def plot_score_vs_lambda(groups: dict[GroupKey, Group], final_desc: str, path: Path) -> None:
@@ -589,7 +639,7 @@ def plot_score_vs_lambda(groups: dict[GroupKey, Group], final_desc: str, path: P
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"final score ({final_desc}) against λ: mean ± std over seeds")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def _colors(groups: dict[GroupKey, Group]) -> dict[tuple, str]:
@@ -638,16 +688,17 @@ def _run_compare(args, final_desc: str) -> str:
         raise CompareError(f"MLflow ({uri}): {err.message}") from None
     except CompareError:
         raise
-    except Exception as err:  # e.g. a file that is not an MLflow database
-        raise CompareError(f"cannot read the MLflow store {uri}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # e.g. a server that does not answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CompareError(f"cannot read the MLflow store {uri}: {type(err).__name__}: {first}") from None
 
     groups = make_groups(collected.results)
     table, decimals = markdown_tables(groups, final_desc)
     best = best_lines(groups, decimals, args.metric)
 
     used_exps = sorted({r.experiment for r in collected.results})
-    statuses = "FINISHED" if not args.include_unfinished else "any-status"
-    head = [f"isep compare — {uri}: {_plural(len(collected.results), statuses + ' run')} counted in "
+    statuses = "FINISHED run" if not args.include_unfinished else "run"
+    head = [f"isep compare — {uri}: {_plural(len(collected.results), statuses)} counted in "
             f"{_plural(len(used_exps), 'experiment')}, {_plural(len(groups), 'group')}"
             + (f"; filter: {args.filter}" if args.filter else "")]
     metrics_used = list(by_metric(groups))
@@ -671,6 +722,7 @@ def _run_compare(args, final_desc: str) -> str:
         shown = "; ".join(collected.skipped[:5]) + (f"; and {len(collected.skipped) - 5} more" if len(collected.skipped) > 5 else "")
         notes.append(f"skipped {_plural(len(collected.skipped), 'run')}: {shown}")
     notes += duplicate_seed_notes(groups)
+    notes += uneven_length_notes(groups)
 
     write_outputs(args.out, table, best, head, notes, groups, decimals, final_desc)
     files = "table.md, table.csv, learning_curves.png, score_vs_lambda.png"
@@ -691,7 +743,7 @@ def _describe(run, exp_names: dict[str, str]) -> str:
 
 def write_outputs(out: Path, table: str, best: list[str], head: list[str], notes: list[str],
                   groups: dict[GroupKey, Group], decimals: dict[str, int], final_desc: str) -> None:
-    md = "\n\n".join(["\n".join(f"<!-- {h} -->" for h in head), table, "Best variant per task:\n\n"
+    md = "\n\n".join(["  \n".join(head), table, "Best variant per task:\n\n"
                       + "\n".join(f"- {b}" for b in best)] + (["\n".join(f"- {n}" for n in notes)] if notes else []))
     (out / "table.md").write_text(md + "\n", encoding="utf-8")
     with open(out / "table.csv", "w", newline="", encoding="utf-8") as fh:

@@ -58,6 +58,8 @@ class ISEPModule(L.LightningModule):
         actor_lr_schedule: `cosine` decay of the actor's rate over training (IQL) or `constant`.
         max_weight: cap of the AWR weights (IQL: 100).
         log_every: updates between two logged (averaged) metric sets.
+        divergence_factor: stop when |Q| or |V| exceeds this many times max |r| / (1 − γ) (values
+            can grow to 1e11 while staying finite, so a NaN check alone never fires; DESIGN.md §1).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class ISEPModule(L.LightningModule):
         actor_lr_schedule: Literal["cosine", "constant"] = "cosine",
         max_weight: float = 100.0,
         log_every: int = 100,
+        divergence_factor: float = 100.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= lam < 1.0:
@@ -117,7 +120,8 @@ class ISEPModule(L.LightningModule):
         self.register_buffer("obs_std", torch.ones(obs_dim))
         self.register_buffer("action_low", -torch.ones(act_dim))
         self.register_buffer("action_high", torch.ones(act_dim))
-        self.register_buffer("q_bound", torch.tensor(float("inf")))
+        self.register_buffer("q_bound", torch.tensor(float("inf")))  # max r / (1 - γ): the clip of Q̂(s, a_π)
+        self.register_buffer("value_bound", torch.tensor(float("inf")))  # max |r| / (1 - γ): divergence
 
         self._metric_names: list[str] | None = None
         self._metric_sum: torch.Tensor | None = None
@@ -132,12 +136,14 @@ class ISEPModule(L.LightningModule):
             dm.setup(stage)
             self.set_data_stats(**dm.data_stats())
 
-    def set_data_stats(self, obs_mean: torch.Tensor, obs_std: torch.Tensor, max_reward: torch.Tensor) -> None:
+    def set_data_stats(
+        self, obs_mean: torch.Tensor, obs_std: torch.Tensor, max_reward: torch.Tensor, max_abs_reward: torch.Tensor
+    ) -> None:
         self.obs_mean.copy_(obs_mean)
         self.obs_std.copy_(obs_std)
-        gamma = self.hparams.gamma
-        bound = max_reward / (1 - gamma) if gamma < 1 else torch.tensor(float("inf"))
-        self.q_bound.copy_(torch.as_tensor(bound, dtype=torch.float32))
+        horizon = 1 / (1 - self.hparams.gamma) if self.hparams.gamma < 1 else float("inf")
+        self.q_bound.fill_(float(max_reward) * horizon)
+        self.value_bound.fill_(max(float(max_abs_reward), 1e-6) * horizon)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -231,7 +237,7 @@ class ISEPModule(L.LightningModule):
                 targets, q_targets, gate = act, q_data, None
             elif hp.policy_mix == "deterministic":
                 targets = losses.interpolate_actions(act, a_pi, hp.lam)
-                q_targets, gate = self.target_critic.min(obs, targets), None
+                q_targets, gate = self._clip_q(self.target_critic.min(obs, targets)), None
             else:
                 gate = self._gate(obs)
                 targets = losses.select_actions(act, a_pi, gate)
@@ -270,10 +276,12 @@ class ISEPModule(L.LightningModule):
             if self.hparams.lam == 0:
                 return q_data, None, None
             a_pi = self._policy_actions(obs)
-            q_pi = self.target_critic.min(obs, a_pi)
-            if self.hparams.clip_policy_q:
-                q_pi = torch.minimum(q_pi, self.q_bound)
+            q_pi = self._clip_q(self.target_critic.min(obs, a_pi))
         return q_data, a_pi, q_pi
+
+    def _clip_q(self, q: torch.Tensor) -> torch.Tensor:
+        """Appendix A's optional crop of Q̂ at actions off the data (a_π, or ā in the ablation)."""
+        return torch.minimum(q, self.q_bound) if self.hparams.clip_policy_q else q
 
     # -- the update -------------------------------------------------------------------------------
 
@@ -339,13 +347,7 @@ class ISEPModule(L.LightningModule):
         means = (self._metric_sum / self._metric_count).tolist()  # the one host sync
         self._metric_sum, self._metric_count = None, 0
         metrics = dict(zip(self._metric_names, means))
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise DivergenceError(
-                f"training diverged at step {self.global_step} with λ = {self.hparams.lam}: non-finite "
-                f"{', '.join(bad)} (the paper reports divergence for λ ≥ 0.7); try a smaller model.lam "
-                "or model.clip_policy_q true"
-            )
+        self._check_divergence(metrics)
         metrics = {prefix + k: v for k, v in metrics.items()}
         metrics[prefix + "lr_actor"] = self.lr_schedulers().get_last_lr()[0]
         # Straight to the loggers, once per `log_every` updates: `self.log` would re-log stale
@@ -354,8 +356,39 @@ class ISEPModule(L.LightningModule):
             logger.log_metrics(metrics, step=self.global_step)
         self.log("q", metrics[prefix + "q/mean"], prog_bar=True, logger=False)
 
+    def _check_divergence(self, metrics: dict[str, float]) -> None:
+        """Stop on a non-finite metric, or on |Q|, |V| far beyond the largest possible return."""
+        bad = [f"{k} = {v}" for k, v in metrics.items() if not math.isfinite(v)]
+        limit = self.hparams.divergence_factor * float(self.value_bound)
+        bad += [
+            f"{k} = {v:.3g} (beyond {limit:.3g} = {self.hparams.divergence_factor:g} × max|r|/(1 − γ))"
+            for k, v in metrics.items()
+            if k.startswith(("q/", "v/", "q_pi/mean")) and math.isfinite(v) and abs(v) > limit
+        ]
+        if bad:
+            raise DivergenceError(
+                f"training diverged at step {self.global_step} with λ = {self.hparams.lam}: {'; '.join(bad)}. "
+                "The paper reports divergence for λ ≥ 0.7; try a smaller --model.lam or --model.clip_policy_q true. "
+                "The last checkpoint before this step is kept."
+            )
+
     def on_train_epoch_end(self) -> None:
         self._flush_metrics(prefix="train/")
+
+    # -- RNG: part of the checkpoint; validation never consumes the training stream ---------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["isep_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "isep_rng" in checkpoint:
+            _set_rng_state(checkpoint["isep_rng"])
+
+    def on_validation_start(self) -> None:
+        self._rng_outside_validation = _rng_state()
+
+    def on_validation_end(self) -> None:
+        _set_rng_state(self._rng_outside_validation)
 
     # -- validation / test: the same losses on fixed batches, nothing updated ---------------------
 
@@ -374,3 +407,16 @@ class ISEPModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         with torch.no_grad():
             self._eval_losses(batch, "test/")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -143,6 +143,7 @@ class D4RLDataModule(L.LightningDataModule):
             "obs_mean": self.obs_mean,
             "obs_std": self.obs_std,
             "max_reward": self.buffer.rewards.max().detach().cpu(),
+            "max_abs_reward": self.buffer.rewards.abs().max().detach().cpu(),
         }
 
     # -- Lightning hooks -----------------------------------------------------------------------

@@ -108,12 +108,12 @@ def ensure_available(dataset_id: str, download: bool, root: Path | None = None) 
         ) from err
 
 
-def _flatten(obs, space) -> np.ndarray:
+def flatten_observations(obs, space) -> np.ndarray:
     """(T, ...) Box arrays or dicts of them → (T, D) float32, leaves in the space's key order."""
     from gymnasium import spaces
 
     if isinstance(space, spaces.Dict):
-        return np.concatenate([_flatten(obs[k], space[k]) for k in space.keys()], axis=1)
+        return np.concatenate([flatten_observations(obs[k], space[k]) for k in space.keys()], axis=1)
     arr = np.asarray(obs)
     return arr.reshape(arr.shape[0], -1).astype(np.float32)
 
@@ -145,7 +145,7 @@ def load_transitions(dataset_id: str, obs_keys: list[str] | None = None, root: P
         space = select_keys(dataset.observation_space, obs_keys)
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")}
         for ep in dataset.iterate_episodes():
-            obs = _flatten(ep.observations, space)
+            obs = flatten_observations(ep.observations, space)
             cols["obs"].append(obs[:-1])
             cols["next"].append(obs[1:])
             cols["act"].append(np.asarray(ep.actions, dtype=np.float32).reshape(len(ep.rewards), -1))

@@ -1,0 +1,171 @@
+"""Policy evaluation: vectorized Gymnasium rollouts, the D4RL normalized score, toy-bandit rewards.
+
+Pure functions over a `policy(obs_batch) -> action_batch` callable, so the callback, `isep
+evaluate` and benchmarks share them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from isep.errors import ConfigError
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+ROBOTICS_ENVS = ("AdroitHand", "FrankaKitchen")
+
+
+class NormalizedScore(Metric):
+    """D4RL normalized score of episode returns: 100 · (mean R − ref_min) / (ref_max − ref_min)."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, ref_min: float, ref_max: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not ref_max > ref_min:
+            raise ConfigError(f"reference scores must satisfy max > min, got min={ref_min}, max={ref_max}")
+        self.ref_min, self.ref_max = ref_min, ref_max
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, returns: torch.Tensor) -> None:
+        returns = torch.as_tensor(returns, dtype=torch.float64)
+        self.total += returns.sum()
+        self.count += returns.numel()
+
+    def compute(self) -> torch.Tensor:
+        mean = self.total / self.count
+        return 100.0 * (mean - self.ref_min) / (self.ref_max - self.ref_min)
+
+
+def make_env_fn(env_id: str | None, dataset_id: str | None = None, max_episode_steps: int | None = None):
+    """A factory of evaluation envs: the dataset's own evaluation env when it records one, else
+    `env_id`. Fails at once, with the fix, when the env cannot be built here."""
+    import gymnasium as gym
+
+    if env_id and env_id.startswith(ROBOTICS_ENVS):
+        try:
+            import gymnasium_robotics  # noqa: F401  (registers the envs)
+        except ImportError as err:
+            raise ConfigError(
+                f"evaluating on {env_id} needs gymnasium-robotics: `pip install -e '.[robotics]'` "
+                "(Kitchen also needs mujoco<3.12)"
+            ) from err
+        gym.register_envs(gymnasium_robotics)
+    spec = None
+    if dataset_id is not None:
+        try:
+            import minari
+
+            dataset = minari.load_dataset(dataset_id)
+            env = dataset.recover_environment(eval_env=True)
+            spec = env.spec
+            env.close()
+        except Exception:  # noqa: BLE001  (no recorded env: fall back to the registry's id)
+            spec = None
+    target = spec if spec is not None else env_id
+    if target is None:
+        raise ConfigError(
+            "no evaluation env: the dataset records none and the task registry has none for it; "
+            "set `--evaluation.env_id` (e.g. HalfCheetah-v5) or disable evaluation with `--evaluation.every 0`"
+        )
+    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+
+    def make():
+        return gym.make(target, **kwargs)
+
+    try:
+        make().close()
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"cannot build the evaluation env {getattr(target, 'id', target)}: {type(err).__name__}: {err}") from err
+    return make
+
+
+def check_spaces(env_fn, obs_keys: list[str] | None, obs_dim: int, act_dim: int) -> None:
+    """The evaluation env must produce the observations and take the actions the model was built for."""
+    import gymnasium as gym
+
+    from isep.data.minari_source import select_keys
+
+    env = env_fn()
+    try:
+        obs_space = select_keys(env.observation_space, obs_keys)
+        got = (gym.spaces.flatdim(obs_space), gym.spaces.flatdim(env.action_space))
+    finally:
+        env.close()
+    if got != (obs_dim, act_dim):
+        raise ConfigError(
+            f"the evaluation env {env.spec.id if env.spec else env} has observation/action sizes {got}, but the "
+            f"dataset has {(obs_dim, act_dim)}: pick the env that recorded the data (`--evaluation.env_id`)"
+        )
+
+
+@dataclass
+class RolloutResult:
+    returns: np.ndarray
+    lengths: np.ndarray
+    seeds: list[int]
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.lengths.sum())
+
+    def to_json(self) -> str:
+        return json.dumps({"returns": self.returns.tolist(), "lengths": self.lengths.tolist(), "seeds": self.seeds})
+
+
+def rollout(
+    policy: Policy,
+    env_fn,
+    episodes: int,
+    seed: int = 0,
+    num_envs: int = 10,
+    flatten: Callable[[object], np.ndarray] | None = None,
+) -> RolloutResult:
+    """Run `episodes` episodes with `num_envs` synchronous envs; episode i is reset with seed + i.
+
+    Episodes run in waves; an env that finished keeps stepping (autoreset) with its reward masked.
+    """
+    import gymnasium as gym
+
+    flatten = flatten or (lambda o: np.asarray(o, dtype=np.float32))
+    returns, lengths, seeds = [], [], []
+    n_envs = max(1, min(num_envs, episodes))
+    envs = gym.vector.SyncVectorEnv([env_fn for _ in range(n_envs)])
+    try:
+        done_eps = 0
+        while done_eps < episodes:
+            wave = min(n_envs, episodes - done_eps)
+            wave_seeds = [seed + done_eps + i for i in range(n_envs)]
+            obs, _ = envs.reset(seed=wave_seeds)
+            ret = np.zeros(n_envs)
+            length = np.zeros(n_envs, dtype=np.int64)
+            active = np.zeros(n_envs, dtype=bool)
+            active[:wave] = True
+            while active.any():
+                actions = policy(flatten(obs))
+                obs, rew, term, trunc, _ = envs.step(actions)
+                ret += np.where(active, rew, 0.0)
+                length += active
+                active &= ~(term | trunc)
+            returns += ret[:wave].tolist()
+            lengths += length[:wave].tolist()
+            seeds += wave_seeds[:wave]
+            done_eps += wave
+    finally:
+        envs.close()
+    return RolloutResult(np.asarray(returns), np.asarray(lengths), seeds)
+
+
+def toy_expected_reward(model, bandit, n: int = 1000) -> float:
+    """Expected reward of `n` policy samples on a toy bandit (its exact reward function)."""
+    obs = torch.zeros(n, 1)
+    actions = model.act(obs, stochastic=True).cpu()
+    return float(bandit.reward(actions).mean())

@@ -1,0 +1,226 @@
+"""A run's life: rollout evaluation, checkpoints, resume, SIGKILL, the divergence stop, MLflow records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from isep.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMALL = [
+    "--data.dataset", "test/hopper/random-v0",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--trainer.num_sanity_val_steps", "0",
+    "--data.batch_size", "32",
+    "--data.steps_per_epoch", "10",
+    "--model.critic_hidden", "[32, 32]",
+    "--model.actor_hidden", "[32, 32]",
+    "--model.flow_steps", "3",
+    "--model.log_every", "5",
+    "--evaluation.episodes", "3",
+    "--evaluation.max_episode_steps", "30",
+]
+
+
+class StopAfter(L.Callback):
+    """Ends training gracefully after `epochs` epochs (the epoch's checkpoint is still written)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class PoisonAt(L.Callback):
+    """Sets the critic's weights to NaN once `step` updates are done (a forced divergence)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in pl_module.critic.parameters():
+                    p.fill_(float("nan"))
+
+
+def callback_arg(cls: type, **init) -> list[str]:
+    return ["--trainer.callbacks+", json.dumps({"class_path": f"tests.test_lifecycle.{cls.__name__}", "init_args": init})]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("config.yaml"))
+
+
+def params(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, weights_only=False)["state_dict"]
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) stay in the test's folder
+    return uri
+
+
+def test_rollout_evaluation_scores_a_trained_policy(use_store, mlflow_uri, tmp_path):
+    import gymnasium as gym
+
+    from isep.module import ISEPModule
+
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL,
+                 "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2", "--evaluation.every", "1"]) == 0
+    (run,) = run_dirs(root)
+    records = [json.loads(line) for line in (run / "eval_returns.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20]
+    last = records[-1]
+    assert len(last["returns"]) == 3 and len(set(last["seeds"])) == 3
+    # the normalized score is D4RL's formula with the dataset's reference returns
+    assert last["eval/normalized_score"] == pytest.approx(100 * (np.mean(last["returns"]) + 20.272305) / (3234.3 + 20.272305))
+    # replaying one episode by hand with the checkpointed policy gives the same return
+    model = ISEPModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    env = gym.make("Hopper-v5", max_episode_steps=30)
+    obs, _ = env.reset(seed=last["seeds"][1])
+    total, done = 0.0, False
+    while not done:
+        obs, r, term, trunc, _ = env.step(model.act(obs[None])[0].numpy())
+        total, done = total + r, term or trunc
+    assert total == pytest.approx(last["returns"][1], rel=1e-5)
+    # the best checkpoint is kept beside last.ckpt
+    assert len(list((run / "checkpoints").glob("best-step=*.ckpt"))) == 1
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(use_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--mlflow.enabled", "false",
+            "--model.lam", "0.5", "--trainer.max_epochs", "4", "--evaluation.every", "1",
+            "--trainer.check_val_every_n_epoch", "1"]
+    assert main([*base, "--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
+    resumed_root = str(tmp_path / "resumed")
+    assert main([*base, "--trainer.default_root_dir", resumed_root, *callback_arg(StopAfter, epochs=2)]) == 0
+    (run,) = run_dirs(tmp_path / "resumed")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
+    assert main([*base, "--trainer.default_root_dir", resumed_root, "--ckpt_path", "last"]) == 0
+    (straight,) = run_dirs(tmp_path / "straight")
+    a, b = params(straight / "checkpoints" / "last.ckpt"), params(run / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    ca = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
+    cb = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ca["global_step"] == cb["global_step"] == 40
+    for oa, ob in zip(ca["optimizer_states"], cb["optimizer_states"]):
+        for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+            torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(use_store, tmp_path):
+    root = tmp_path / "runs"
+    exe = Path(sys.executable).with_name("isep")
+    args = [str(exe), "fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL, "--mlflow.enabled", "false",
+            "--trainer.default_root_dir", str(root), "--evaluation.every", "0", "--data.steps_per_epoch", "25"]
+    proc = subprocess.Popen([*args, "--trainer.max_epochs", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    last = None
+    while time.monotonic() < deadline:
+        found = list(root.rglob("last.ckpt"))
+        if found and torch.load(found[0], weights_only=False)["global_step"] >= 50:
+            last = found[0]
+            break
+        time.sleep(0.2)
+    assert last is not None, "no checkpoint within 2 minutes"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    # whatever moment the kill hit, the checkpoint on disk is whole and at an epoch boundary
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] % 25 == 0 and state["global_step"] >= 50
+    assert not [p for p in last.parent.iterdir() if p.suffix != ".ckpt"]
+    kept = state["global_step"]
+    done = subprocess.run([*args, "--trainer.max_epochs", str(kept // 25 + 1), "--ckpt_path", "last"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(last, weights_only=False)["global_step"] == kept + 25
+
+
+def test_divergence_stops_with_the_loss_step_and_lambda(use_store, mlflow_uri, tmp_path, capsys):
+    import mlflow
+
+    root = tmp_path / "runs"
+    code = main(["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--trainer.default_root_dir", str(root),
+                 "--trainer.max_epochs", "5", "--evaluation.every", "0", "--model.lam", "0.2",
+                 *callback_arg(PoisonAt, step=12)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 15 with λ = 0.2" in err and "critic/loss = nan" in err
+    (run,) = run_dirs(root)
+    good = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert good["global_step"] == 10 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    client = mlflow.MlflowClient(mlflow_uri)
+    (record,) = client.search_runs([client.get_experiment_by_name("test/hopper/random-v0").experiment_id])
+    assert record.info.status == "FAILED" and "diverged at step 15" in record.data.tags["failure_reason"]
+
+
+def test_value_blow_up_without_nan_is_caught(use_store, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL, "--mlflow.enabled", "false",
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1",
+                 "--evaluation.every", "0", "--model.divergence_factor", "1e-9"])
+    assert code == 2
+    assert "beyond" in capsys.readouterr().err
+
+
+def test_mlflow_record_of_a_run(use_store, mlflow_uri, tmp_path):
+    import mlflow
+
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--trainer.default_root_dir", str(root),
+                 "--trainer.max_epochs", "1", "--evaluation.every", "1", "--seed_everything", "3"]) == 0
+    client = mlflow.MlflowClient(mlflow_uri)
+    (record,) = client.search_runs([client.get_experiment_by_name("test/hopper/random-v0").experiment_id])
+    tags = record.data.tags
+    assert record.info.status == "FINISHED"
+    assert (tags["task"], tags["actor"], tags["lam"], tags["policy_mix"], tags["seed"]) == (
+        "test/hopper/random-v0", "flow", "0.2", "stochastic", "3")
+    assert len(tags["git_commit"]) >= 7
+    assert record.data.params["model.expectile"] == "0.7" and record.data.params["data.batch_size"] == "32"
+    assert {"eval/normalized_score", "eval/return_mean", "train/critic/loss", "train/actor/loss"} <= set(record.data.metrics)
+    history = client.get_metric_history(record.info.run_id, "eval/normalized_score")
+    assert [m.step for m in history] == [10]
+    arts = {a.path for a in client.list_artifacts(record.info.run_id)}
+    assert {"config.yaml", "eval_returns.jsonl", "checkpoints"} <= arts
+
+
+def test_evaluation_env_that_does_not_match_the_data(use_store, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--mlflow.enabled", "false",
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), "--evaluation.env_id", "HalfCheetah-v5"])
+    assert code == 2
+    assert "(17, 6)" in capsys.readouterr().err
+
+
+def test_unwritable_run_folder(use_store, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--mlflow.enabled", "false",
+                 "--trainer.default_root_dir", str(blocker / "runs")])
+    assert code == 2
+    assert "cannot write to the run folder" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
