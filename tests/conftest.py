@@ -10,6 +10,19 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 SHARED_STORE = Path(__file__).resolve().parents[2] / "shared" / "data" / "minari"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# CLI overrides that shrink any paper config to a few seconds of CPU.
+TINY = [
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--data.batch_size", "32",
+    "--data.steps_per_epoch", "10",
+    "--model.critic_hidden", "[32, 32]",
+    "--model.actor_hidden", "[32, 32]",
+    "--model.flow_steps", "3",
+    "--model.log_every", "5",
+]
 
 
 def rollout_episodes(env_id: str, episodes: int, max_steps: int, seed: int = 0):
@@ -52,6 +65,13 @@ def minari_store(tmp_path_factory) -> Path:
         os.environ.pop("MINARI_DATASETS_PATH", None)
     else:
         os.environ["MINARI_DATASETS_PATH"] = old
+
+
+@pytest.fixture(autouse=True)
+def isolated_tracking(tmp_path, monkeypatch):
+    """Every test runs in its own folder with its own MLflow store: nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
 
 
 @pytest.fixture

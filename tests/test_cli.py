@@ -12,20 +12,7 @@ import pytest
 import torch
 
 from isep.cli import main
-from tests.conftest import SHARED_STORE
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = [
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-    "--data.batch_size", "32",
-    "--data.steps_per_epoch", "10",
-    "--model.critic_hidden", "[32, 32]",
-    "--model.actor_hidden", "[32, 32]",
-    "--model.flow_steps", "3",
-    "--model.log_every", "5",
-]
-
+from tests.conftest import CONFIGS, SHARED_STORE, TINY
 
 def run_isep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The installed console script, as a user runs it."""
@@ -43,9 +30,10 @@ def read_metrics(root: Path) -> list[dict]:
 def test_fit_validate_test_through_the_cli(config, use_store, tmp_path):
     root = tmp_path / "runs"
     args = ["--config", str(CONFIGS / config), "--data.dataset", "test/hopper/random-v0",
-            "--trainer.default_root_dir", str(root), *TINY]
+            "--trainer.default_root_dir", str(root), *TINY, "--evaluation.episodes", "2",
+            "--evaluation.max_episode_steps", "20"]
     assert main(["fit", *args, "--trainer.max_steps", "20", "--trainer.check_val_every_n_epoch", "1"]) == 0
-    (ckpt,) = root.rglob("*.ckpt")
+    (ckpt,) = root.rglob("last.ckpt")
     state = torch.load(ckpt, weights_only=False)
     assert state["global_step"] == 20  # one global step per gradient update, not per optimizer
     assert len(state["optimizer_states"]) == 3

@@ -3,11 +3,11 @@ runs log (experiment per task; tags task/actor/lam/policy_mix/seed; eval metrics
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +40,7 @@ PEAKED = (WALKER, "flow", 0.3, 1)
 # walker ISEP-FM λ=0.3 seed 0 logs its steps out of order: the last *step* is the final value
 SHUFFLED = (WALKER, "flow", 0.3, 0)
 FAILED_VALUES = [5.0, 8.0, 10.0]  # walker ISEP-FM λ=0.3 seed 2, status FAILED
+FAILURE = "DivergenceError: |V| = 3.1e+07 exceeds 100x the return bound at step 300 (λ=0.3)"
 TOY_FINALS = {0.0: (0.5,), 0.3: (0.8, 0.7)}  # expected reward; toy runs have no normalized score
 
 
@@ -86,6 +87,7 @@ def build_store(root: Path) -> dict:
             order = [2, 0, 1] if (task, actor, lam, seed) == SHUFFLED else None
             log_run(client, ids[task], task, actor, lam, seed, NS, history(task, actor, lam, seed), order=order)
     failed = log_run(client, ids[WALKER], WALKER, "flow", 0.3, 2, NS, FAILED_VALUES, status="FAILED")
+    client.set_tag(failed, "failure_reason", FAILURE)
     running = log_run(client, ids[HOPPER], HOPPER, "gaussian", 0.5, 2, NS, [30.0], status="RUNNING", steps=(100,))
     for lam, finals in TOY_FINALS.items():
         for seed, f in enumerate(finals):
@@ -217,7 +219,7 @@ def test_pngs_are_written_and_valid(default_run):
 def test_failed_and_running_runs_listed_apart(store, default_run, tmp_path, capsys):
     out, _, _ = default_run
     assert "not counted: 1 FAILED run (flow-lam0.3-s2" in out
-    assert store["failed"][:8] in out
+    assert store["failed"][:8] in out and FAILURE in out
     assert "not counted: 1 RUNNING run (gaussian-lam0.5-s2" in out
     _, rows = parse_table(out, NS)
     assert parse_cell(rows[WALKER]["ISEP-FM λ=0.3"])[2] == 2
@@ -331,6 +333,33 @@ def test_missing_store_is_not_created(tmp_path, capsys, monkeypatch):
     rc, _, err = run(["--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and "no MLflow store at" in err and str(tmp_path / "mlflow.db") in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_stores_mlflow_would_write_to_are_refused(store, tmp_path, capsys):
+    """Opening a sqlite file through MLflow creates missing tables and a missing default experiment:
+    compare refuses such files instead, and leaves them as they were."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    rc, _, err = run(["--tracking_uri", f"sqlite:///{empty}", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "tables are missing" in err and "mlflow db upgrade" in err
+    assert empty.stat().st_size == 0
+
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(store["root"] / "mlflow.db", copy)
+    con = sqlite3.connect(copy)
+    con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    con.commit()
+    con.close()
+    data = copy.read_bytes()
+    rc, _, err = run(["--tracking_uri", f"sqlite:///{copy}", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "no default experiment" in err
+    assert copy.read_bytes() == data
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("not sqlite")
+    rc, _, err = run(["--tracking_uri", f"sqlite:///{garbage}", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "not a readable MLflow sqlite store" in err and "Traceback" not in err
+    assert garbage.read_text() == "not sqlite"
 
 
 def snapshot(uri):

@@ -16,19 +16,12 @@ import pytest
 import torch
 
 from isep.cli import main
+from tests.conftest import CONFIGS, TINY
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = [
+    *TINY,
     "--data.dataset", "test/hopper/random-v0",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
     "--trainer.num_sanity_val_steps", "0",
-    "--data.batch_size", "32",
-    "--data.steps_per_epoch", "10",
-    "--model.critic_hidden", "[32, 32]",
-    "--model.actor_hidden", "[32, 32]",
-    "--model.flow_steps", "3",
-    "--model.log_every", "5",
     "--evaluation.episodes", "3",
     "--evaluation.max_episode_steps", "30",
 ]
@@ -71,11 +64,8 @@ def params(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) stay in the test's folder
-    return uri
+def mlflow_uri() -> str:
+    return os.environ["MLFLOW_TRACKING_URI"]  # a store of this test's own (conftest)
 
 
 def test_rollout_evaluation_scores_a_trained_policy(use_store, mlflow_uri, tmp_path):
@@ -106,8 +96,7 @@ def test_rollout_evaluation_scores_a_trained_policy(use_store, mlflow_uri, tmp_p
     assert len(list((run / "checkpoints").glob("best-step=*.ckpt"))) == 1
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(use_store, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_resume_continues_exactly_like_an_uninterrupted_run(use_store, tmp_path):
     base = ["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--mlflow.enabled", "false",
             "--model.lam", "0.5", "--trainer.max_epochs", "4", "--evaluation.every", "1",
             "--trainer.check_val_every_n_epoch", "1"]
@@ -178,8 +167,7 @@ def test_divergence_stops_with_the_loss_step_and_lambda(use_store, mlflow_uri, t
     assert record.info.status == "FAILED" and "diverged at step 15" in record.data.tags["failure_reason"]
 
 
-def test_value_blow_up_without_nan_is_caught(use_store, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+def test_value_blow_up_without_nan_is_caught(use_store, tmp_path, capsys):
     code = main(["fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL, "--mlflow.enabled", "false",
                  "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1",
                  "--evaluation.every", "0", "--model.divergence_factor", "1e-9"])
@@ -208,8 +196,7 @@ def test_mlflow_record_of_a_run(use_store, mlflow_uri, tmp_path):
     assert {"config.yaml", "eval_returns.jsonl", "checkpoints"} <= arts
 
 
-def test_evaluation_env_that_does_not_match_the_data(use_store, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_evaluation_env_that_does_not_match_the_data(use_store, tmp_path, capsys):
     code = main(["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--mlflow.enabled", "false",
                  "--trainer.default_root_dir", str(tmp_path / "runs"), "--evaluation.env_id", "HalfCheetah-v5"])
     assert code == 2
@@ -224,3 +211,18 @@ def test_unwritable_run_folder(use_store, tmp_path, capsys):
     assert code == 2
     assert "cannot write to the run folder" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
+
+
+def test_compare_reads_back_runs_written_by_fit(tmp_path, capsys):
+    from isep.compare import compare_main
+
+    for lam in ("0.0", "0.3"):
+        assert main(["fit", "--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--model.lam", lam,
+                     "--trainer.max_epochs", "2", "--evaluation.every", "1",
+                     "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    assert compare_main(["--experiment", "toy/sparse-optimum", "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "IQL (λ=0)" in out and "ISEP λ=0.3" in out and "eval/expected_reward" in out
+    rows = (tmp_path / "cmp" / "table.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + two groups

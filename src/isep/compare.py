@@ -413,7 +413,9 @@ def collect(client, runs: list, exp_names: dict[str, str], args) -> Collected:
             "Pass --metric with a metric they logged, or leave them out with --filter."
         )
     if not results:
-        detail = "; ".join(skipped[:5]) if skipped else "no run is FINISHED (use --include_unfinished to count the others)"
+        statuses = ", ".join(f"{len(rs)} {st}" for st, rs in sorted(not_counted.items()))
+        detail = "; ".join(skipped[:5]) if skipped else \
+            f"no run is FINISHED ({statuses}; --include_unfinished counts them)"
         raise CompareError(f"no run can be compared: {detail}")
     return Collected(results, not_counted, skipped, fallback_tasks)
 
@@ -716,7 +718,7 @@ def _run_compare(args, final_desc: str) -> str:
 
     notes = []
     for status, rs in sorted(collected.not_counted.items(), key=lambda kv: kv[0] != "FAILED"):
-        listed = ", ".join(_describe(r, exp_names) for r in rs[:10]) + (" ..." if len(rs) > 10 else "")
+        listed = "; ".join(_describe(r, exp_names) for r in rs[:10]) + (" ..." if len(rs) > 10 else "")
         notes.append(f"not counted: {_plural(len(rs), status + ' run')} ({listed}); --include_unfinished counts them")
     if collected.skipped:
         shown = "; ".join(collected.skipped[:5]) + (f"; and {len(collected.skipped) - 5} more" if len(collected.skipped) > 5 else "")
@@ -738,7 +740,9 @@ def _describe(run, exp_names: dict[str, str]) -> str:
     what = " ".join(x for x in (tags.get("task") or exp_names.get(run.info.experiment_id, ""),
                                  tags.get("actor"), f"λ={tags['lam']}" if "lam" in tags else None,
                                  f"seed {tags['seed']}" if "seed" in tags else None) if x)
-    return f"{run_name(run)} [{run.info.run_id[:8]}] {what}".strip()
+    reason = tags.get("failure_reason")
+    why = f": {reason.splitlines()[0][:160]}" if reason else ""
+    return f"{run_name(run)} [{run.info.run_id[:8]}] {what}{why}".strip()
 
 
 def write_outputs(out: Path, table: str, best: list[str], head: list[str], notes: list[str],

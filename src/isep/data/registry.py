@@ -79,34 +79,28 @@ def _locomotion(env: str, kind: str) -> TaskSpec:
     )
 
 
-def _adroit(kind: str) -> TaskSpec:
-    mins, maxs = _REF["pen"]
+def _manipulation(family: str, kind: str, suffix: str, env_id: str, extra: tuple[str, ...]) -> TaskSpec:
+    """Adroit pen (`-v1`) and Kitchen (`-v0`) tasks: Minari's `D4RL/...-v2` ports, raw rewards."""
+    mins, maxs = _REF[family]
     return TaskSpec(
-        name=f"pen-{kind}-v1",
-        domain="adroit",
-        env_id="AdroitHandPen-v1",
+        name=f"{family}-{kind}-{suffix}",
+        domain="adroit" if family == "pen" else "kitchen",
+        env_id=env_id,
         ref_min_score=mins,
         ref_max_score=maxs,
-        minari_ids=(f"D4RL/pen/{kind}-v2",),
-        import_id=f"d4rl/pen/{kind}-v1",
+        minari_ids=(f"D4RL/{family}/{kind}-v2",),
+        import_id=f"d4rl/{family}/{kind}-{suffix}",
         eval_episodes=50,
-        extra_requirements=("gymnasium-robotics",),
+        extra_requirements=extra,
     )
+
+
+def _adroit(kind: str) -> TaskSpec:
+    return _manipulation("pen", kind, "v1", "AdroitHandPen-v1", ("gymnasium-robotics",))
 
 
 def _kitchen(kind: str) -> TaskSpec:
-    mins, maxs = _REF["kitchen"]
-    return TaskSpec(
-        name=f"kitchen-{kind}-v0",
-        domain="kitchen",
-        env_id="FrankaKitchen-v1",
-        ref_min_score=mins,
-        ref_max_score=maxs,
-        minari_ids=(f"D4RL/kitchen/{kind}-v2",),
-        import_id=f"d4rl/kitchen/{kind}-v0",
-        eval_episodes=50,
-        extra_requirements=("gymnasium-robotics", "mujoco<3.12"),
-    )
+    return _manipulation("kitchen", kind, "v0", "FrankaKitchen-v1", ("gymnasium-robotics", "mujoco<3.12"))
 
 
 TASKS: dict[str, TaskSpec] = {
