@@ -226,3 +226,19 @@ def test_compare_reads_back_runs_written_by_fit(tmp_path, capsys):
     assert "IQL (λ=0)" in out and "ISEP λ=0.3" in out and "eval/expected_reward" in out
     rows = (tmp_path / "cmp" / "table.csv").read_text().splitlines()
     assert len(rows) == 3  # header + two groups
+
+
+def test_a_repeated_run_never_replaces_an_earlier_one(tmp_path):
+    args = ["fit", "--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--trainer.max_epochs", "1",
+            "--evaluation.every", "0", "--mlflow.enabled", "false", "--trainer.default_root_dir", str(tmp_path / "runs")]
+    assert main(args) == 0
+    (first,) = run_dirs(tmp_path / "runs")
+    before = (first / "checkpoints" / "last.ckpt").read_bytes()
+    assert main([*args, "--seed_everything", "0"]) == 0
+    second = first.with_name(first.name + ".1")
+    assert (second / "checkpoints" / "last.ckpt").is_file()
+    assert (first / "checkpoints" / "last.ckpt").read_bytes() == before
+    # resuming picks the newest run of that configuration
+    assert main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
+    assert (first / "checkpoints" / "last.ckpt").read_bytes() == before

@@ -3,9 +3,9 @@
 `isep data` and `isep compare` do not import Lightning (≈ 4.5 s); only training does.
 
 Each run lives in its own folder, `<trainer.default_root_dir>/<dataset>/<actor>-lam<λ>-<mix>-seed<s>-<hash>`
-(the hash covers every model and data setting), holding `config.yaml`, `checkpoints/last.ckpt`, the
-best checkpoint, CSV metrics and `eval_returns.jsonl`; `--ckpt_path last` resumes the run of that
-folder. Every run is also an MLflow run (experiment = dataset), unless `--mlflow.enabled false`.
+(the hash covers every model and data setting; a repeated run gets `.1`, `.2`, … so nothing is
+replaced), holding `config.yaml`, `checkpoints/last.ckpt`, the best checkpoint, CSV metrics and
+`eval_returns.jsonl`; `--ckpt_path last` resumes the newest such folder. Every run is also an MLflow run (experiment = dataset), unless `--mlflow.enabled false`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,23 @@ def run_key(config: dict) -> str:
         f"{slug}/{model.get('actor', 'flow')}-lam{model.get('lam', 0.0)}-{model.get('policy_mix', 'stochastic')}"
         f"-seed{config.get('seed_everything')}-{digest}"
     )
+
+
+def _used(folder: Path) -> bool:
+    return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+
+
+def choose_run_dir(base: Path, resume: bool) -> Path:
+    """The run folder: `base`, or `base.1`, `base.2`, … so that nothing on disk is ever replaced.
+
+    A fresh run takes the first folder without checkpoints; a resumed one (`--ckpt_path last`)
+    the newest folder holding a `last.ckpt`.
+    """
+    folders = [base] + [base.with_name(f"{base.name}.{i}") for i in range(1, 1000)]
+    if resume:
+        existing = [f for f in folders if (f / "checkpoints" / "last.ckpt").is_file()]
+        return existing[-1] if existing else base
+    return next(f for f in folders if not _used(f))
 
 
 def _check_writable(folder: Path) -> None:
@@ -106,7 +123,8 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             plain = cfg.as_dict()
-            self.run_dir = Path(plain["trainer"].get("default_root_dir") or "runs") / run_key(plain)
+            base = Path(plain["trainer"].get("default_root_dir") or "runs") / run_key(plain)
+            self.run_dir = choose_run_dir(base, resume=cfg.get("ckpt_path") == "last" or self.subcommand != "fit")
             cfg.trainer.default_root_dir = str(self.run_dir)
             if self.subcommand == "fit":
                 _check_writable(self.run_dir)
