@@ -100,6 +100,16 @@ def cfgrl_actor_loss(actor, value, q_hat, obs, act, label_dropout=0.1):
     return ((v - (act - x0)) ** 2).mean()
 
 
+def assert_same_adam_step(ref_net, net, loss, lr: float, atol: float) -> None:
+    """One reference Adam step on `ref_net` from `loss` lands where the module's step took `net`."""
+    opt = torch.optim.Adam(ref_net.parameters(), lr=lr)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for p_ref, p in zip(ref_net.parameters(), net.parameters()):
+        assert torch.allclose(p_ref, p, atol=atol)
+
+
 @pytest.mark.parametrize("beta", [3.0, 50.0])
 def test_lambda_zero_gaussian_is_iql(beta):
     module = make_module("gaussian", 0.0, beta=beta, expectile=0.8, gamma=0.9)
@@ -115,32 +125,17 @@ def test_lambda_zero_gaussian_is_iql(beta):
     # V step (target twins, expectile τ)
     v_loss, q_hat = iql_value_loss(target, value, obs, act, 0.8)
     assert torch.allclose(info["value/loss"], v_loss, rtol=1e-5, atol=1e-6)
-    v_opt = torch.optim.Adam(value.parameters(), lr=hp.value_lr)
-    v_opt.zero_grad()
-    v_loss.backward()
-    v_opt.step()
-    for p_ref, p in zip(value.parameters(), module.value.parameters()):
-        assert torch.allclose(p_ref, p, atol=1e-6)
+    assert_same_adam_step(value, module.value, v_loss, hp.value_lr, atol=1e-6)
 
     # actor step: AWR with the V *after* its step
     a_loss = iql_gaussian_actor_loss(actor, value, q_hat.detach(), obs, act, beta)
     assert torch.allclose(info["actor/loss"], a_loss, rtol=1e-5, atol=1e-5)
-    a_opt = torch.optim.Adam(actor.parameters(), lr=hp.actor_lr)
-    a_opt.zero_grad()
-    a_loss.backward()
-    a_opt.step()
-    for p_ref, p in zip(actor.parameters(), module.actor.parameters()):
-        assert torch.allclose(p_ref, p, atol=1e-6)
+    assert_same_adam_step(actor, module.actor, a_loss, hp.actor_lr, atol=1e-6)
 
     # Q step: y = r + γ(1 − d)·V(s') with the stepped V
     c_loss = iql_critic_loss(critic, value, batch, 0.9)
     assert torch.allclose(info["critic/loss"], c_loss, rtol=1e-5, atol=1e-6)
-    c_opt = torch.optim.Adam(critic.parameters(), lr=hp.critic_lr)
-    c_opt.zero_grad()
-    c_loss.backward()
-    c_opt.step()
-    for p_ref, p in zip(critic.parameters(), module.critic.parameters()):
-        assert torch.allclose(p_ref, p, atol=1e-6)
+    assert_same_adam_step(critic, module.critic, c_loss, hp.critic_lr, atol=1e-6)
 
     # target critics are not touched by update()
     assert params_equal(module.target_critic, ref.target_critic)
@@ -246,9 +241,9 @@ def test_value_loss_bernoulli_gate_matches_seeded_draw():
     assert torch.allclose(loss, torch.where(gate, u_p**2, data).mean(), rtol=1e-5)
 
 
-def test_gaussian_actor_loss_deterministic_mix_matches_interpolation():
-    lam, beta = 0.3, 2.0
-    module = make_module("gaussian", lam, beta=beta, policy_mix="deterministic")
+def gaussian_actor_case(lam: float, beta: float, policy_mix: str):
+    """A Gaussian module with moved targets, a batch, a fixed a_π and the target Q̂ of a and a_π."""
+    module = make_module("gaussian", lam, beta=beta, policy_mix=policy_mix)
     perturb_targets(module)
     batch = make_batch()
     obs, act = batch["observations"], batch["actions"]
@@ -257,6 +252,12 @@ def test_gaussian_actor_loss_deterministic_mix_matches_interpolation():
     with torch.no_grad():
         q_data = torch.min(*module.target_critic(obs, act))
         q_pi = torch.min(*module.target_critic(obs, a_pi))
+    return module, batch, obs, act, a_pi, q_data, q_pi
+
+
+def test_gaussian_actor_loss_deterministic_mix_matches_interpolation():
+    lam, beta = 0.3, 2.0
+    module, batch, obs, act, a_pi, q_data, q_pi = gaussian_actor_case(lam, beta, "deterministic")
     loss, _ = module.actor_loss(batch, q_data, a_pi, q_pi)
     a_bar = (1 - lam) * act + lam * a_pi
     with torch.no_grad():
@@ -267,15 +268,7 @@ def test_gaussian_actor_loss_deterministic_mix_matches_interpolation():
 
 def test_gaussian_actor_loss_stochastic_mix_matches_seeded_gate():
     lam, beta = 0.5, 2.0
-    module = make_module("gaussian", lam, beta=beta)
-    perturb_targets(module)
-    batch = make_batch()
-    obs, act = batch["observations"], batch["actions"]
-    g = torch.Generator().manual_seed(4)
-    a_pi = torch.rand(B, ACT_DIM, generator=g) * 2 - 1
-    with torch.no_grad():
-        q_data = torch.min(*module.target_critic(obs, act))
-        q_pi = torch.min(*module.target_critic(obs, a_pi))
+    module, batch, obs, act, a_pi, q_data, q_pi = gaussian_actor_case(lam, beta, "stochastic")
     torch.manual_seed(9)
     loss, _ = module.actor_loss(batch, q_data, a_pi, q_pi)
     torch.manual_seed(9)
