@@ -55,7 +55,9 @@ def run_key(config: dict) -> str:
 
 
 def _used(folder: Path) -> bool:
-    return (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    """A folder holds a run once it has a checkpoint or an evaluation record."""
+    ckpts = folder / "checkpoints"
+    return (ckpts.is_dir() and any(ckpts.iterdir())) or (folder / "eval_returns.jsonl").is_file()
 
 
 def choose_run_dir(base: Path, resume: bool) -> Path:
