@@ -88,8 +88,9 @@ def make_env_fn(env_id: str | None, dataset_id: str | None = None, max_episode_s
     return make
 
 
-def check_spaces(env_fn, obs_keys: list[str] | None, obs_dim: int, act_dim: int) -> None:
-    """The evaluation env must produce the observations and take the actions the model was built for."""
+def check_spaces(env_fn, obs_keys: list[str] | None, obs_dim: int, act_dim: int):
+    """The evaluation env must produce the observations and take the actions the model was built
+    for; returns the (selected) observation space, which flattens the env's observations."""
     import gymnasium as gym
 
     from isep.data.minari_source import select_keys
@@ -105,6 +106,7 @@ def check_spaces(env_fn, obs_keys: list[str] | None, obs_dim: int, act_dim: int)
             f"the evaluation env {env.spec.id if env.spec else env} has observation/action sizes {got}, but the "
             f"dataset has {(obs_dim, act_dim)}: pick the env that recorded the data (`--evaluation.env_id`)"
         )
+    return obs_space
 
 
 @dataclass

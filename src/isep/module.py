@@ -130,10 +130,10 @@ class ISEPModule(L.LightningModule):
     # -- set-up ---------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Copy the data statistics (state normalizer, reward bound) from the DataModule."""
+        """Copy the data statistics (state normalizer, reward bound) from the DataModule, which
+        Lightning has set up just before."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "data_stats"):
-            dm.setup(stage)
             self.set_data_stats(**dm.data_stats())
 
     def set_data_stats(

@@ -46,6 +46,7 @@ class RolloutEvaluation(L.Callback):
         self.env_id, self.max_episode_steps, self.guidance = env_id, max_episode_steps, guidance
         self.history: list[dict] = []
         self._env_fn = None
+        self._obs_space = None
         self._last_evaluated_step = -1
 
     # -- set-up: fail at the start of training, not after hours --------------------------------
@@ -58,7 +59,7 @@ class RolloutEvaluation(L.Callback):
             return
         dataset_id = dm.minari_ids[0] if dm.minari_ids else None
         self._env_fn = make_env_fn(self.env_id or dm.env_id, None if self.env_id else dataset_id, self.max_episode_steps)
-        check_spaces(self._env_fn, dm.obs_keys, pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
+        self._obs_space = check_spaces(self._env_fn, dm.obs_keys, pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
         if self.episodes is None:
             self.episodes = dm.task.eval_episodes if dm.task is not None else 20
 
@@ -83,7 +84,7 @@ class RolloutEvaluation(L.Callback):
             if getattr(dm, "toy", None) is not None:
                 reward = toy_expected_reward(pl_module, dm.toy)
                 metrics = {"eval/expected_reward": reward, "eval/score": reward}
-                record = {"step": trainer.global_step, **metrics}
+                record = dict(metrics)
             else:
                 metrics, record = self._rollouts(pl_module, dm)
         metrics["eval/seconds"] = time.perf_counter() - start
@@ -92,19 +93,17 @@ class RolloutEvaluation(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         pl_module.log("eval/score", metrics["eval/score"], on_step=False, on_epoch=True, prog_bar=True, logger=False)
+        record = {"step": trainer.global_step, **record}
         self.history.append(record)
         self._last_evaluated_step = trainer.global_step
         self._write(trainer, record)
         return record
 
     def _rollouts(self, pl_module: L.LightningModule, dm) -> tuple[dict, dict]:
-        from isep.data.minari_source import flatten_observations, select_keys
+        from isep.data.minari_source import flatten_observations
 
-        env = self._env_fn()
-        space = select_keys(env.observation_space, dm.obs_keys)
-        env.close()
         policy = lambda obs: pl_module.act(obs, guidance=self.guidance).cpu().numpy()  # noqa: E731
-        flatten = lambda obs: flatten_observations(obs, space)  # noqa: E731
+        flatten = lambda obs: flatten_observations(obs, self._obs_space)  # noqa: E731
         t0 = time.perf_counter()
         result = rollout(policy, self._env_fn, self.episodes, self.seed, self.num_envs, flatten)
         elapsed = time.perf_counter() - t0
@@ -121,11 +120,10 @@ class RolloutEvaluation(L.Callback):
             metrics["eval/score"] = metrics["eval/normalized_score"]
         else:
             metrics["eval/score"] = metrics["eval/return_mean"]
-        record = {"step": None, "returns": result.returns.tolist(), "seeds": result.seeds, **metrics}
+        record = {"returns": result.returns.tolist(), "seeds": result.seeds, **metrics}
         return metrics, record
 
     def _write(self, trainer: L.Trainer, record: dict) -> None:
-        record["step"] = trainer.global_step
         path = Path(trainer.default_root_dir) / "eval_returns.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
