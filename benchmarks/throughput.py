@@ -21,7 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from isep.data.buffer import DeviceSampler, TransitionBuffer
+from isep.data.buffer import TransitionBuffer
 from isep.data.transitions import Transitions
 from isep.module import ISEPModule
 

@@ -76,10 +76,11 @@ def test_iql_reward_scaling_and_raw_rewards(use_store):
     assert reward_scale(data, "none") == 1.0
 
 
-def test_datamodule_buffer_sampler_and_normalizer(use_store):
+def test_datamodule_buffer_clock_and_normalizer(use_store):
     from isep.data.datamodule import D4RLDataModule
+    from isep.rng import Draws, run_keys
 
-    dm = D4RLDataModule("test/hopper/random-v0", batch_size=32, steps_per_epoch=5, normalize_states=True, seed=3)
+    dm = D4RLDataModule("test/hopper/random-v0", batch_size=32, steps_per_epoch=5, normalize_states=True)
     assert (dm.obs_dim, dm.act_dim) == (11, 3)
     assert dm.env_id == "Hopper-v5" and dm.reward_transform == "iql_locomotion"
     dm.setup("fit")
@@ -88,16 +89,23 @@ def test_datamodule_buffer_sampler_and_normalizer(use_store):
     np.testing.assert_allclose(dm.obs_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dm.buffer.observations.mean(0).numpy(), 0, atol=1e-4)
     np.testing.assert_allclose(dm.buffer.rewards.numpy(), raw.rewards * dm.reward_scale, rtol=1e-5)
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 5 and batches[0]["observations"].shape == (32, 11)
-    assert set(batches[0]) == {"observations", "actions", "rewards", "next_observations", "dones"}
-    # the sampler's state travels with the checkpoint: restoring it replays the same batches
-    state = dm.state_dict()
-    after = next(iter(dm.train_dataloader()))
-    dm2 = D4RLDataModule("test/hopper/random-v0", batch_size=32, steps_per_epoch=5, normalize_states=True, seed=99)
-    dm2.setup("fit")
-    dm2.load_state_dict(state)
-    torch.testing.assert_close(next(iter(dm2.train_dataloader()))["actions"], after["actions"])
+    # Lightning iterates over update counts; the model draws each batch itself
+    assert list(dm.train_dataloader()) == [1, 1, 1, 1, 1]
+    dm.updates_per_call = 2
+    assert list(dm.train_dataloader()) == [2, 2, 1] and len(dm.train_dataloader()) == 3
+    # a batch per run, (R, B, ·), a function of the run's key and the update number only
+    keys = run_keys([3, 4])
+    batch = dm.buffer.sample(Draws(keys, torch.tensor(7)), 32)
+    assert batch["observations"].shape == (2, 32, 11) and batch["rewards"].shape == (2, 32)
+    assert set(batch) == {"observations", "actions", "rewards", "next_observations", "dones"}
+    again = dm.buffer.sample(Draws(keys[1:], torch.tensor(7)), 32)
+    torch.testing.assert_close(again["actions"][0], batch["actions"][1], rtol=0, atol=0)
+    other = dm.buffer.sample(Draws(keys, torch.tensor(8)), 32)
+    assert not torch.equal(other["actions"], batch["actions"])
+    # validation batches are fixed: the same on every call
+    v1, v2 = list(dm.val_dataloader()), list(dm.val_dataloader())
+    assert len(v1) == dm.val_batches and v1[0]["observations"].shape == (32, 11)
+    torch.testing.assert_close(v1[3]["actions"], v2[3]["actions"], rtol=0, atol=0)
 
 
 def test_combining_datasets_concatenates_rows(use_store):

@@ -117,6 +117,16 @@ def test_critic_loss_hand_values_and_done_cuts_bootstrap():
     assert torch.allclose(q.grad, torch.tensor([[2 * (1 - 2.8), 2 * (2 - 0.5)], [2 * (0 - 2.8), 2 * (3 - 0.5)]]))
 
 
+def test_critic_loss_with_a_run_dimension():
+    q = torch.tensor([[[1.0, 2.0], [0.0, 3.0]], [[0.0, 0.0], [1.0, 1.0]]])  # (runs, twins, B)
+    rewards, dones, next_v = t(1.0, 0.5).expand(2, 2), t(0.0, 1.0).expand(2, 2), torch.tensor([[2.0, 10.0], [0.0, 0.0]])
+    out = losses.critic_loss(q, rewards, dones, next_v, 0.9)
+    run0 = losses.critic_loss(q[0], rewards[0], dones[0], next_v[0], 0.9)
+    run1 = losses.critic_loss(q[1], rewards[1], dones[1], next_v[1], 0.9)
+    assert torch.allclose(out, torch.stack([run0, run1]))
+    assert torch.allclose(run1, t(1.0 + 0.0, 0.25 + 0.25))
+
+
 def test_critic_loss_gamma_zero_is_reward_regression():
     q = torch.tensor([[1.0], [-1.0]])
     out = losses.critic_loss(q, t(2.0), t(0.0), t(100.0), 0.0)
@@ -231,28 +241,38 @@ def test_flow_matching_loss_zero_at_target_velocity_and_hand_value():
 
 def _field(seed: int = 0, bias: float = 0.0) -> VelocityField:
     torch.manual_seed(seed)
-    field = VelocityField(obs_dim=3, act_dim=2, hidden=(16, 16), embed_dim=4)
+    field = VelocityField(1, obs_dim=3, act_dim=2, hidden=(16, 16), embed_dim=4)
     with torch.no_grad():
-        field.embed.weight.mul_(3.0)  # make the ∅ and positive branches clearly different
-        field.net[-1].bias.add_(bias)
+        field.embed.mul_(3.0)  # make the ∅ and positive branches clearly different
+        field.net.layers[-1].bias.add_(bias)
     return field
 
 
 def _euler(field, obs, noise, steps, label=None, guidance=None, low=-1.0, high=1.0):
-    """Reference: plain Euler integration of one branch (label) or of the guided field."""
+    """Reference: plain Euler integration of one branch (label) or of the guided field, one run (B, ·)."""
     b = obs.shape[0]
     x = noise.clone()
     dt = 1.0 / steps
+
+    def v(label_value, tk):
+        return field(x[None], tk[None], obs[None], torch.full((1, b), label_value, dtype=torch.long))[0]
+
     for k in range(steps):
         tk = torch.full((b,), k * dt)
         if label is not None:
-            v = field(x, tk, obs, torch.full((b,), label, dtype=torch.long))
+            vel = v(label, tk)
         else:
-            v_null = field(x, tk, obs, torch.full((b,), NULL, dtype=torch.long))
-            v_pos = field(x, tk, obs, torch.full((b,), POSITIVE, dtype=torch.long))
-            v = v_null + guidance * (v_pos - v_null)
-        x = x + dt * v
+            v_null, v_pos = v(NULL, tk), v(POSITIVE, tk)
+            vel = v_null + guidance * (v_pos - v_null)
+        x = x + dt * vel
     return torch.clamp(x, low, high)
+
+
+def _sample(field, obs, steps, guidance, **kw):
+    """`guided_sample` on one run's (B, ·) inputs."""
+    if "noise" in kw:
+        kw["noise"] = kw["noise"][None]
+    return guided_sample(field, obs[None], steps, guidance, **kw)[0]
 
 
 @torch.no_grad()
@@ -265,10 +285,10 @@ def test_guided_sample_guidance_zero_and_one_are_single_branches():
     null_only = _euler(field, obs, noise, steps, label=NULL)
     pos_only = _euler(field, obs, noise, steps, label=POSITIVE)
     assert not torch.allclose(null_only, pos_only, atol=1e-4)  # the branches differ: the test can fail
-    assert torch.allclose(guided_sample(field, obs, steps, 0.0, noise=noise), null_only, atol=1e-5)
-    assert torch.allclose(guided_sample(field, obs, steps, 1.0, noise=noise), pos_only, atol=1e-5)
+    assert torch.allclose(_sample(field, obs, steps, 0.0, noise=noise), null_only, atol=1e-5)
+    assert torch.allclose(_sample(field, obs, steps, 1.0, noise=noise), pos_only, atol=1e-5)
     w3 = _euler(field, obs, noise, steps, guidance=3.0)
-    assert torch.allclose(guided_sample(field, obs, steps, 3.0, noise=noise), w3, atol=1e-5)
+    assert torch.allclose(_sample(field, obs, steps, 3.0, noise=noise), w3, atol=1e-5)
     # the noise argument is not modified in place
     assert torch.equal(noise, noise_copy)
 
@@ -278,13 +298,13 @@ def test_guided_sample_clips_to_bounds():
     field = _field(seed=1, bias=5.0)  # drifts far beyond +1
     obs = torch.randn(16, 3)
     noise = torch.randn(16, 2)
-    out = guided_sample(field, obs, 4, 1.0, noise=noise)
+    out = _sample(field, obs, 4, 1.0, noise=noise)
     unclipped = _euler(field, obs, noise, 4, label=POSITIVE, low=-math.inf, high=math.inf)
     assert (unclipped.abs() > 1).any()
     assert out.min() >= -1.0 and out.max() <= 1.0
     assert torch.allclose(out, unclipped.clamp(-1.0, 1.0), atol=1e-5)
     low, high = t(-0.5, -0.2), t(0.5, 0.3)
-    out2 = guided_sample(field, obs, 4, 1.0, noise=noise, low=low, high=high)
+    out2 = _sample(field, obs, 4, 1.0, noise=noise, low=low, high=high)
     assert torch.all(out2 >= low) and torch.all(out2 <= high)
     assert torch.allclose(out2, torch.maximum(torch.minimum(unclipped, high), low), atol=1e-5)
 
@@ -293,10 +313,23 @@ def test_guided_sample_default_noise_shape_and_seeded_draw():
     field = _field()
     obs = torch.randn(5, 3)
     torch.manual_seed(7)
-    out = guided_sample(field, obs, 3, 2.0)
+    out = _sample(field, obs, 3, 2.0)
     torch.manual_seed(7)
     noise = torch.randn(5, 2)
     with torch.no_grad():
         ref = _euler(field, obs, noise, 3, guidance=2.0)
     assert out.shape == (5, 2)
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+@torch.no_grad()
+def test_guided_sample_per_run_guidance_of_a_stack():
+    """Two runs with the same weights and noise but w = 0 and w = 3 give each run's own integral."""
+    field = _field()
+    two = VelocityField(2, obs_dim=3, act_dim=2, hidden=(16, 16), embed_dim=4)
+    for p2, p1 in zip(two.parameters(), field.parameters()):
+        p2.copy_(p1.expand_as(p2))
+    obs, noise = torch.randn(6, 3), torch.randn(6, 2)
+    out = guided_sample(two, obs.expand(2, 6, 3), 4, torch.tensor([0.0, 3.0]).view(2, 1, 1), noise=noise.expand(2, 6, 2))
+    assert torch.allclose(out[0], _euler(field, obs, noise, 4, label=NULL), atol=1e-5)
+    assert torch.allclose(out[1], _euler(field, obs, noise, 4, guidance=3.0), atol=1e-5)

@@ -2,7 +2,9 @@
 only their own network, the target EMA is exact, and every variant runs with finite metrics.
 
 The references below are written from the paper / IQL's code directly and do not call
-`isep.losses`.
+`isep.losses`. The module's networks carry a leading run dimension (one run here: R = 1); the
+references call them on one run and drop that dimension. Random numbers come from the update's
+counter-based draws (`isep.rng`); where a reference needs the same numbers, it asks the same draws.
 """
 
 from __future__ import annotations
@@ -15,93 +17,73 @@ import torch
 
 from isep.models.flow import NEGATIVE, NULL, POSITIVE
 from isep.module import ISEPModule
+from isep.rng import Draws, Stream
+from tests.helpers import (
+    ACT_DIM,
+    B,
+    OBS_DIM,
+    draws_for,
+    make_batch,
+    make_module,
+    params_equal,
+    perturb_targets,
+    stacked,
+)
 
-OBS_DIM, ACT_DIM, B = 3, 2, 32
-
-
-def make_module(actor: str = "gaussian", lam: float = 0.0, **kw) -> ISEPModule:
-    torch.manual_seed(0)
-    kw.setdefault("critic_hidden", [16, 16])
-    kw.setdefault("actor_hidden", [16, 16])
-    kw.setdefault("label_embed_dim", 4)
-    kw.setdefault("flow_steps", 3)
-    return ISEPModule(obs_dim=OBS_DIM, act_dim=ACT_DIM, actor=actor, lam=lam, **kw)
-
-
-def make_batch(seed: int = 1) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "observations": torch.randn(B, OBS_DIM, generator=g),
-        "actions": torch.rand(B, ACT_DIM, generator=g) * 1.8 - 0.9,
-        "rewards": torch.randn(B, generator=g),
-        "next_observations": torch.randn(B, OBS_DIM, generator=g),
-        "dones": (torch.rand(B, generator=g) < 0.3).float(),
-    }
+# -- from-scratch IQL pieces (one run: inputs (B, ·), outputs (B,)) ------------------------------
 
 
-def optimizers(module: ISEPModule):
-    opts, _scheds = module.configure_optimizers()
-    critic_opt, value_opt, actor_opt = opts
-    return critic_opt, value_opt, actor_opt
+def twins(critic, obs, act):
+    """The two critics' values, (2, B)."""
+    return critic(obs[None], act[None])[0]
 
 
-def perturb_targets(module: ISEPModule, seed: int = 2) -> None:
-    """Make the target critics differ from the online ones (as after some training)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.target_critic.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-
-
-def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-
-
-# -- from-scratch IQL pieces --------------------------------------------------------------------
+def v_of(value, obs):
+    return value(obs[None])[0]
 
 
 def iql_value_loss(target_critic, value, obs, act, tau):
-    q1, q2 = target_critic(obs, act)  # (2, B)
+    q1, q2 = twins(target_critic, obs, act)
     q_hat = torch.min(q1, q2)
-    u = q_hat - value(obs)
+    u = q_hat - v_of(value, obs)
     weight = torch.abs(tau - (u < 0).float())
     return (weight * u**2).mean(), q_hat
 
 
 def iql_critic_loss(critic, value, batch, gamma):
     with torch.no_grad():
-        y = batch["rewards"] + gamma * (1 - batch["dones"]) * value(batch["next_observations"])
-    q1, q2 = critic(batch["observations"], batch["actions"])
+        y = batch["rewards"] + gamma * (1 - batch["dones"]) * v_of(value, batch["next_observations"])
+    q1, q2 = twins(critic, batch["observations"], batch["actions"])
     return ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
 
 
 def iql_gaussian_actor_loss(actor, value, q_hat, obs, act, beta):
     with torch.no_grad():
-        adv = q_hat - value(obs)
+        adv = q_hat - v_of(value, obs)
         w = torch.clamp(torch.exp(beta * adv), max=100.0)
-    mean = torch.tanh(actor.net(obs))
-    std = torch.exp(actor.log_std.clamp(-5.0, 2.0))
+    mean = torch.tanh(actor.net(obs[None])[0])
+    std = torch.exp(actor.log_std[0, 0].clamp(-5.0, 2.0))
     log_prob = torch.distributions.Normal(mean, std).log_prob(act).sum(-1)
     return (-w * log_prob).mean()
 
 
-def cfgrl_actor_loss(actor, value, q_hat, obs, act, label_dropout=0.1):
-    """CFGRL's flow-matching loss, drawing x0, t, drop in that order from the global RNG."""
+def cfgrl_actor_loss(actor, value, q_hat, obs, act, draws: Draws, label_dropout=0.1):
+    """CFGRL's flow-matching loss with the update's x0, t and label-dropout draws."""
     with torch.no_grad():
-        adv = q_hat - value(obs)
-    x0 = torch.randn_like(act)
-    t = torch.rand(act.shape[0])
-    drop = torch.rand(act.shape[0]) < label_dropout
+        adv = q_hat - v_of(value, obs)
+    x0 = draws.normal(Stream.FLOW_NOISE, tuple(act.shape))[0]
+    t = draws.uniform(Stream.FLOW_TIME, (act.shape[0],))[0]
+    drop = draws.uniform(Stream.LABEL_DROP, (act.shape[0],))[0] < label_dropout
     labels = torch.full((act.shape[0],), NEGATIVE, dtype=torch.long)
     labels[adv > 0] = POSITIVE
     labels[drop] = NULL
     x_t = (1 - t[:, None]) * x0 + t[:, None] * act
-    v = actor(x_t, t, obs, labels)
+    v = actor(x_t[None], t[None], obs[None], labels[None])[0]
     return ((v - (act - x0)) ** 2).mean()
 
 
 def assert_same_adam_step(ref_net, net, loss, lr: float, atol: float) -> None:
-    """One reference Adam step on `ref_net` from `loss` lands where the module's step took `net`."""
+    """One reference `torch.optim.Adam` step on `ref_net` from `loss` lands where the module's step took `net`."""
     opt = torch.optim.Adam(ref_net.parameters(), lr=lr)
     opt.zero_grad()
     loss.backward()
@@ -120,7 +102,7 @@ def test_lambda_zero_gaussian_is_iql(beta):
     ref = copy.deepcopy(module)
     target, value, actor, critic = ref.target_critic, ref.value, ref.actor, ref.critic
 
-    info = module.update(batch, *optimizers(module))
+    info = module.update(stacked(batch), draws_for(module))
 
     # V step (target twins, expectile τ)
     v_loss, q_hat = iql_value_loss(target, value, obs, act, 0.8)
@@ -148,7 +130,7 @@ def test_update_uses_stepped_value_for_actor_and_critic():
     batch = make_batch()
     obs, act = batch["observations"], batch["actions"]
     ref = copy.deepcopy(module)
-    info = module.update(batch, *optimizers(module))
+    info = module.update(stacked(batch), draws_for(module))
     _, q_hat = iql_value_loss(ref.target_critic, ref.value, obs, act, module.hparams.expectile)
     with torch.no_grad():
         old_v_actor = iql_gaussian_actor_loss(ref.actor, ref.value, q_hat, obs, act, module.hparams.beta)
@@ -168,35 +150,35 @@ def test_lambda_zero_flow_is_cfgrl():
     obs, act = batch["observations"], batch["actions"]
     ref = copy.deepcopy(module)
 
-    info = module.update(batch, *optimizers(module))
+    info = module.update(stacked(batch), draws_for(module))
     assert "q_pi/mean" not in info
     v_loss, q_hat = iql_value_loss(ref.target_critic, ref.value, obs, act, module.hparams.expectile)
     assert torch.allclose(info["value/loss"], v_loss, rtol=1e-5, atol=1e-6)
-    assert torch.isfinite(info["actor/loss"])
+    assert torch.isfinite(info["actor/loss"]).all()
     # critic with the stepped V (= module.value, which nothing after the V step changes)
     c_loss = iql_critic_loss(ref.critic, module.value, batch, 0.95)
     assert torch.allclose(info["critic/loss"], c_loss, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_flow_actor_loss_lambda_zero_matches_cfgrl(seed):
+@pytest.mark.parametrize("update", [0, 1, 2])
+def test_flow_actor_loss_lambda_zero_matches_cfgrl(update):
     module = make_module("flow", 0.0)
     perturb_targets(module)
-    batch = make_batch(seed + 10)
+    batch = make_batch(update + 10)
     obs, act = batch["observations"], batch["actions"]
     with torch.no_grad():
-        q_hat = torch.min(*module.target_critic(obs, act))
+        q_hat = torch.min(*twins(module.target_critic, obs, act))
         # shift V so that both positive and negative labels occur
-        module.value.net[-1].bias.fill_(0.0)
-        module.value.net[-1].bias.add_(q_hat.median() - module.value(obs).median())
-    torch.manual_seed(seed)
-    loss, info = module.actor_loss(batch, q_hat, None, None)
-    torch.manual_seed(seed)
-    ref = cfgrl_actor_loss(module.actor, module.value, q_hat, obs, act, module.hparams.label_dropout)
+        head = module.value.net.layers[-1]
+        head.bias.fill_(0.0)
+        head.bias.add_(q_hat.median() - v_of(module.value, obs).median())
+    draws = draws_for(module, update)
+    loss, info = module.actor_loss(stacked(batch), q_hat[None], None, None, draws)
+    ref = cfgrl_actor_loss(module.actor, module.value, q_hat, obs, act, draws, module.hparams.label_dropout)
     assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
     assert torch.allclose(info["actor/loss"], ref, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        adv = q_hat - module.value(obs)
+        adv = q_hat - v_of(module.value, obs)
     assert 0 < (adv > 0).float().mean() < 1
     assert torch.allclose(info["adv/positive_frac"], (adv > 0).float().mean())
 
@@ -212,9 +194,9 @@ def test_value_loss_lambda_half_expectation(value_policy_loss):
     obs = batch["observations"]
     g = torch.Generator().manual_seed(3)
     q_data, q_pi = torch.randn(B, generator=g), torch.randn(B, generator=g)
-    loss, info = module.value_loss(batch, q_data, q_pi)
+    loss, info = module.value_loss(stacked(batch), q_data[None], q_pi[None], draws_for(module))
     with torch.no_grad():
-        v = module.value(obs)
+        v = v_of(module.value, obs)
     u_d, u_p = q_data - v, q_pi - v
     data = torch.where(u_d < 0, 1 - tau, tau) * u_d**2
     pi = u_p**2 if value_policy_loss == "mse" else torch.where(u_p < 0, 1 - tau, tau) * u_p**2
@@ -223,18 +205,17 @@ def test_value_loss_lambda_half_expectation(value_policy_loss):
     assert torch.allclose(info["q_pi/minus_q_data"], (q_pi - q_data).mean())
 
 
-def test_value_loss_bernoulli_gate_matches_seeded_draw():
+def test_value_loss_bernoulli_gate_uses_the_value_gate_draw():
     lam, tau = 0.5, 0.7
     module = make_module("gaussian", lam, expectile=tau, value_mix="bernoulli")
     batch = make_batch()
     g = torch.Generator().manual_seed(3)
     q_data, q_pi = torch.randn(B, generator=g), torch.randn(B, generator=g)
     with torch.no_grad():
-        v = module.value(batch["observations"])
-    torch.manual_seed(5)
-    loss, _ = module.value_loss(batch, q_data, q_pi)
-    torch.manual_seed(5)
-    gate = torch.rand(B) < lam
+        v = v_of(module.value, batch["observations"])
+    draws = draws_for(module, 5)
+    loss, _ = module.value_loss(stacked(batch), q_data[None], q_pi[None], draws)
+    gate = draws.uniform(Stream.VALUE_GATE, (B,))[0] < lam
     u_d, u_p = q_data - v, q_pi - v
     data = torch.where(u_d < 0, 1 - tau, tau) * u_d**2
     assert 0 < gate.sum() < B
@@ -250,29 +231,28 @@ def gaussian_actor_case(lam: float, beta: float, policy_mix: str):
     g = torch.Generator().manual_seed(4)
     a_pi = torch.rand(B, ACT_DIM, generator=g) * 2 - 1
     with torch.no_grad():
-        q_data = torch.min(*module.target_critic(obs, act))
-        q_pi = torch.min(*module.target_critic(obs, a_pi))
+        q_data = torch.min(*twins(module.target_critic, obs, act))
+        q_pi = torch.min(*twins(module.target_critic, obs, a_pi))
     return module, batch, obs, act, a_pi, q_data, q_pi
 
 
 def test_gaussian_actor_loss_deterministic_mix_matches_interpolation():
     lam, beta = 0.3, 2.0
     module, batch, obs, act, a_pi, q_data, q_pi = gaussian_actor_case(lam, beta, "deterministic")
-    loss, _ = module.actor_loss(batch, q_data, a_pi, q_pi)
+    loss, _ = module.actor_loss(stacked(batch), q_data[None], a_pi[None], q_pi[None], draws_for(module))
     a_bar = (1 - lam) * act + lam * a_pi
     with torch.no_grad():
-        q_bar = torch.min(*module.target_critic(obs, a_bar))
+        q_bar = torch.min(*twins(module.target_critic, obs, a_bar))
     ref = iql_gaussian_actor_loss(module.actor, module.value, q_bar, obs, a_bar, beta)
     assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_gaussian_actor_loss_stochastic_mix_matches_seeded_gate():
+def test_gaussian_actor_loss_stochastic_mix_uses_the_actor_gate_draw():
     lam, beta = 0.5, 2.0
     module, batch, obs, act, a_pi, q_data, q_pi = gaussian_actor_case(lam, beta, "stochastic")
-    torch.manual_seed(9)
-    loss, _ = module.actor_loss(batch, q_data, a_pi, q_pi)
-    torch.manual_seed(9)
-    gate = torch.rand(B) < lam
+    draws = draws_for(module, 9)
+    loss, _ = module.actor_loss(stacked(batch), q_data[None], a_pi[None], q_pi[None], draws)
+    gate = draws.uniform(Stream.ACTOR_GATE, (B,))[0] < lam
     assert 0 < gate.sum() < B
     a1 = torch.where(gate[:, None], a_pi, act)
     q1 = torch.where(gate, q_pi, q_data)
@@ -283,16 +263,28 @@ def test_gaussian_actor_loss_stochastic_mix_matches_seeded_gate():
 def test_clip_policy_q_caps_q_pi_at_bound():
     module = make_module("gaussian", 0.5, clip_policy_q=True, gamma=0.9)
     with torch.no_grad():
-        module.critic.net.head.bias.fill_(5.0)  # Q ≈ 5 everywhere
-        module.target_critic.net.head.bias.fill_(5.0)
+        module.critic.net.layers[-1].bias.fill_(5.0)  # Q ≈ 5 everywhere
+        module.target_critic.net.layers[-1].bias.fill_(5.0)
     module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(0.1), torch.tensor(0.1))  # bound 0.1/0.1 = 1
-    batch = make_batch()
-    q_data, a_pi, q_pi = module._targets(batch)
+    batch = stacked(make_batch())
+    q_data, a_pi, q_pi = module.targets(batch, draws_for(module))
     with torch.no_grad():
-        raw = torch.min(*module.target_critic(batch["observations"], a_pi))
+        raw = torch.min(*twins(module.target_critic, batch["observations"][0], a_pi[0]))
     assert (raw > 1.0).any()
-    assert torch.allclose(q_pi, torch.clamp(raw, max=1.0))
+    assert torch.allclose(q_pi[0], torch.clamp(raw, max=1.0))
     assert torch.allclose(module.q_bound, torch.tensor(1.0))
+
+
+def test_policy_actions_use_the_policy_noise_draw():
+    module = make_module("gaussian", 0.5)
+    batch = stacked(make_batch())
+    draws = draws_for(module, 3)
+    _, a_pi, _ = module.targets(batch, draws)
+    with torch.no_grad():
+        mean = torch.tanh(module.actor.net(batch["observations"]))
+        std = module.actor.log_std.clamp(-5, 2).exp()
+    expected = (mean + draws.normal(Stream.POLICY_NOISE, (B, ACT_DIM)) * std).clamp(-1, 1)
+    assert torch.allclose(a_pi, expected, atol=1e-6)
 
 
 # -- gradient isolation -------------------------------------------------------------------------
@@ -319,21 +311,22 @@ def _zero(module: ISEPModule) -> None:
 def test_each_loss_reaches_only_its_network(actor, lam):
     module = make_module(actor, lam)
     perturb_targets(module)
-    batch = make_batch()
-    q_data, a_pi, q_pi = module._targets(batch)
+    batch = stacked(make_batch())
+    draws = draws_for(module)
+    q_data, a_pi, q_pi = module.targets(batch, draws)
     for tensor in (q_data, a_pi, q_pi):
         assert tensor is None or not tensor.requires_grad
 
     _zero(module)
-    module.value_loss(batch, q_data, q_pi)[0].backward()
+    module.value_loss(batch, q_data, q_pi, draws)[0].sum().backward()
     assert _grad_owners(module) == {"critic": False, "target_critic": False, "value": True, "actor": False}
 
     _zero(module)
-    module.actor_loss(batch, q_data, a_pi, q_pi)[0].backward()
+    module.actor_loss(batch, q_data, a_pi, q_pi, draws)[0].sum().backward()
     assert _grad_owners(module) == {"critic": False, "target_critic": False, "value": False, "actor": True}
 
     _zero(module)
-    module.critic_loss(batch)[0].backward()
+    module.critic_loss(batch)[0].sum().backward()
     assert _grad_owners(module) == {"critic": True, "target_critic": False, "value": False, "actor": False}
 
     assert all(p.grad is None and not p.requires_grad for p in module.target_critic.parameters())
@@ -341,7 +334,7 @@ def test_each_loss_reaches_only_its_network(actor, lam):
 
 def test_optimizers_hold_disjoint_parameter_sets():
     module = make_module("flow", 0.5)
-    critic_opt, value_opt, actor_opt = optimizers(module)
+    critic_opt, value_opt, actor_opt = module.configure_optimizers()
 
     def ids(opt):
         return {id(p) for group in opt.param_groups for p in group["params"]}
@@ -358,7 +351,7 @@ def test_update_moves_online_networks_not_targets(actor):
     module = make_module(actor, 0.5)
     perturb_targets(module)
     before = copy.deepcopy(module)
-    module.update(make_batch(), *optimizers(module))
+    module.update(stacked(make_batch()), draws_for(module))
     for name in ("critic", "value", "actor"):
         assert not params_equal(getattr(module, name), getattr(before, name)), name
     assert params_equal(module.target_critic, before.target_critic)
@@ -368,7 +361,7 @@ def test_update_targets_is_exact_lerp():
     rho = 0.1
     module = make_module("gaussian", 0.0, target_update_rate=rho)
     perturb_targets(module)
-    module.update(make_batch(), *optimizers(module))
+    module.update(stacked(make_batch()), draws_for(module))
     old_target = [p.detach().clone() for p in module.target_critic.parameters()]
     online = [p.detach().clone() for p in module.critic.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(old_target, online))
@@ -379,6 +372,15 @@ def test_update_targets_is_exact_lerp():
     assert all(torch.equal(p, q) for p, q in zip(module.critic.parameters(), online))
 
 
+def test_cosine_schedule_follows_the_update_counter():
+    module = make_module("gaussian", 0.0, actor_lr=1e-3)
+    module.schedule_total = 100
+    for done, factor in ((0, 1.0), (50, 0.5), (100, 0.0), (150, 0.0)):
+        module.updates.fill_(done)
+        info = module.update(stacked(make_batch()), draws_for(module, done))
+        assert info["lr_actor"].item() == pytest.approx(1e-3 * factor, abs=1e-9)
+
+
 # -- every variant runs -------------------------------------------------------------------------
 
 
@@ -387,14 +389,14 @@ def test_update_targets_is_exact_lerp():
 @pytest.mark.parametrize("value_mix", ["expectation", "bernoulli"])
 def test_update_variants_finite(actor, policy_mix, value_mix):
     module = make_module(actor, 0.5, policy_mix=policy_mix, value_mix=value_mix)
-    opts = optimizers(module)
     for step in range(3):
-        info = module.update(make_batch(step), *opts)
+        info = module.update(stacked(make_batch(step)), draws_for(module, step))
         module.update_targets()
     assert "q_pi/mean" in info
     for key in ("value/loss", "actor/loss", "critic/loss", "q_pi/mean"):
         assert key in info
     for key, value in info.items():
+        assert value.shape == (1,), key
         assert torch.isfinite(value).all(), key
         assert not value.requires_grad, key
 
@@ -408,3 +410,12 @@ def test_constructor_rejects_lam_outside_unit_interval(lam):
 @pytest.mark.parametrize("lam", [0.0, 0.99])
 def test_constructor_accepts_lam_in_range(lam):
     assert make_module("gaussian", lam).hparams.lam == lam
+
+
+def test_initial_weights_depend_on_the_seed_only():
+    a = make_module("flow", 0.3, seed=5)
+    torch.manual_seed(123)  # the global generator plays no part
+    b = make_module("flow", 0.3, seed=5)
+    c = make_module("flow", 0.3, seed=6)
+    assert params_equal(a, b)
+    assert not params_equal(a, c)

@@ -2,7 +2,8 @@
 
 Equation numbers refer to the paper (`paper/ISEP.txt`); DESIGN.md section 1 writes them out.
 Every function returns one value per sample so that tests can inspect them and callers choose
-the reduction. λ may be a float or a tensor (one value per sample or per run).
+the reduction. Tensors may carry a leading run dimension (R, B, ·); λ, τ and β may be floats or
+tensors that broadcast (one value per sample, or per run as (R, 1)).
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ def value_loss(
 def critic_loss(q: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, gamma: float):
     """In-sample Bellman regression (Eq. 3): Σᵢ (r + γ(1 − done)V(s') − Qᵢ(s,a))², per sample.
 
-    `q` is (n_critics, B); the target is detached. Summed over the twins as in IQL's code.
+    `q` is (..., n_critics, B) and the rest (..., B) (a leading run dimension is optional); the
+    target is detached. Summed over the twins as in IQL's code.
     """
     target = (rewards + gamma * (1 - dones) * next_v).detach()
-    return (q - target).pow(2).sum(0)
+    return (q - target.unsqueeze(-2)).pow(2).sum(-2)
 
 
 def awr_weight(advantage: torch.Tensor, beta: Tensorish, max_weight: float = 100.0) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Callbacks: cross-cutting work around the update (target EMA; evaluation and sweeps later)."""
+"""Lightning callbacks: rollout evaluation, checkpoints, MLflow records.
 
-from isep.callbacks.target_ema import TargetEMA
-
-__all__ = ["TargetEMA"]
+The target-network EMA is part of the update itself (`ISEPModule.train_step`), so that the whole
+update is one captured step.
+"""

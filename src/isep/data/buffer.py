@@ -1,4 +1,4 @@
-"""Device-resident transitions and the sampler that draws training batches on that device."""
+"""Device-resident transitions, the batches drawn from them on that device, and the update clock."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from isep.data.transitions import Transitions
+from isep.rng import Draws, Stream
 
 Batch = dict[str, torch.Tensor]
 
@@ -56,7 +57,7 @@ class TransitionBuffer:
         return self.rewards.device
 
     def gather(self, idx: torch.Tensor) -> Batch:
-        """The transitions at `idx` (a device tensor), as a batch dict."""
+        """The transitions at `idx` (a device tensor of any shape), as a batch dict."""
         return {
             "observations": self.observations[idx],
             "actions": self.actions[idx],
@@ -65,6 +66,10 @@ class TransitionBuffer:
             "dones": self.dones[idx],
         }
 
+    def sample(self, draws: Draws, batch_size: int) -> Batch:
+        """A uniform batch for each of the draws' R runs, (R, batch_size, ·), drawn on the device."""
+        return self.gather(draws.randint(Stream.BATCH, (batch_size,), len(self)))
+
 
 def state_normalizer(observations, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the dataset's states (std floored at `eps`, as in CORL/D4RL practice)."""
@@ -72,24 +77,23 @@ def state_normalizer(observations, eps: float = 1e-3) -> tuple[torch.Tensor, tor
     return obs.mean(0).float(), (obs.std(0) + eps).float()
 
 
-class DeviceSampler:
-    """An epoch of uniformly sampled batches, drawn on the buffer's device with its own generator.
+class UpdateClock:
+    """What Lightning's loop iterates over: one epoch of `updates` updates, in ticks of at most
+    `per_call` updates each (the tick's value is its number of updates).
 
-    Iterating yields `steps` batches; nothing leaves the device. The generator's state is part of
-    the DataModule's checkpoint state, so a resumed run draws the same batches.
+    The update draws its own batch on the device from the run's key and the update counter
+    (`TransitionBuffer.sample`), so a tick carries no data, and a captured update has no inputs.
     """
 
-    def __init__(self, buffer: TransitionBuffer, batch_size: int, steps: int, generator: torch.Generator):
-        self.buffer, self.batch_size, self.steps, self.generator = buffer, batch_size, steps, generator
+    def __init__(self, updates: int, per_call: int = 1):
+        self.updates, self.per_call = updates, max(1, per_call)
 
     def __len__(self) -> int:
-        return self.steps
+        return -(-self.updates // self.per_call)
 
-    def __iter__(self) -> Iterator[Batch]:
-        n, dev = len(self.buffer), self.buffer.device
-        for _ in range(self.steps):
-            idx = torch.randint(n, (self.batch_size,), device=dev, generator=self.generator)
-            yield self.buffer.gather(idx)
+    def __iter__(self) -> Iterator[int]:
+        for start in range(0, self.updates, self.per_call):
+            yield min(self.per_call, self.updates - start)
 
 
 class FixedBatches:

@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from isep.data.buffer import DeviceSampler, FixedBatches, TransitionBuffer, state_normalizer
+from isep.data.buffer import FixedBatches, TransitionBuffer, UpdateClock, state_normalizer
 from isep.data.minari_source import (
     DatasetError,
     ResolvedDataset,
@@ -21,6 +21,7 @@ from isep.data.minari_source import (
 from isep.data.registry import RewardTransform, TaskSpec, default_reward_transform
 from isep.data.toy import TOY_BANDITS
 from isep.data.transitions import Transitions, reward_scale
+from isep.rng import Draws, run_keys
 
 VAL_SEED = 12345  # validation/test batches are the same for every run and every call
 
@@ -32,7 +33,7 @@ class D4RLDataModule(L.LightningDataModule):
         dataset: a D4RL task name of the paper (`walker2d-medium-v2`), a Minari id
             (`mujoco/walker2d/medium-v0`), a toy bandit (`toy/sparse-optimum`, `toy/danger-zone`),
             or a list of Minari ids combined row-wise (medium-expert = medium + expert).
-        batch_size: transitions per gradient step (paper: 256).
+        batch_size: transitions per gradient step and run (paper: 256).
         steps_per_epoch: gradient steps per epoch (paper: 1000).
         normalize_states: standardize states with the dataset's mean/std; the statistics are
             copied into the model, so they travel with its checkpoint.
@@ -43,7 +44,9 @@ class D4RLDataModule(L.LightningDataModule):
         download: let Minari download a dataset missing from the local store.
         toy_size, toy_seed: size and seed of a toy bandit's dataset.
         val_batches: batches in the (fixed) validation/test set.
-        seed: seed of the batch sampler; by default derived from the global seed.
+
+    Training batches are drawn by the model's update itself, on the device, from the buffer this
+    module builds (each run from its own seed); Lightning iterates over an `UpdateClock`.
     """
 
     def __init__(
@@ -58,7 +61,6 @@ class D4RLDataModule(L.LightningDataModule):
         toy_size: int = 10_000,
         toy_seed: int = 0,
         val_batches: int = 10,
-        seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or steps_per_epoch < 1:
@@ -67,7 +69,8 @@ class D4RLDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         self.normalize_states, self.obs_keys, self.download = normalize_states, obs_keys, download
-        self.toy_size, self.toy_seed, self.val_batches, self.seed = toy_size, toy_seed, val_batches, seed
+        self.toy_size, self.toy_seed, self.val_batches = toy_size, toy_seed, val_batches
+        self.updates_per_call = 1  # set by the model at setup (its fast path may group updates)
 
         self.toy = TOY_BANDITS.get(dataset) if isinstance(dataset, str) else None
         self.resolved: list[ResolvedDataset] = []
@@ -88,8 +91,6 @@ class D4RLDataModule(L.LightningDataModule):
 
         self.transitions: Transitions | None = None
         self.buffer: TransitionBuffer | None = None
-        self.generator: torch.Generator | None = None
-        self._pending_generator_state: torch.Tensor | None = None
         self.obs_mean = torch.zeros(self.obs_dim)
         self.obs_std = torch.ones(self.obs_dim)
         self.reward_scale = 1.0
@@ -177,37 +178,23 @@ class D4RLDataModule(L.LightningDataModule):
             self.obs_mean if self.normalize_states else None,
             self.obs_std if self.normalize_states else None,
         )
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(self.seed if self.seed is not None else torch.initial_seed() % 2**63)
-        if self._pending_generator_state is not None:
-            self.generator.set_state(self._pending_generator_state)
-            self._pending_generator_state = None
 
-    def train_dataloader(self) -> DeviceSampler:
-        assert self.buffer is not None and self.generator is not None
-        return DeviceSampler(self.buffer, self.batch_size, self.steps_per_epoch, self.generator)
+    def train_dataloader(self) -> UpdateClock:
+        assert self.buffer is not None, "call setup() first"
+        return UpdateClock(self.steps_per_epoch, self.updates_per_call)
 
     def _fixed_batches(self) -> FixedBatches:
+        """`val_batches` batches drawn once with a fixed key: the same for every run and call."""
         assert self.buffer is not None
-        gen = torch.Generator(device=self.buffer.device)
-        gen.manual_seed(VAL_SEED)
-        return FixedBatches(list(DeviceSampler(self.buffer, self.batch_size, self.val_batches, gen)))
+        keys = run_keys([VAL_SEED], self.buffer.device)
+        batches = []
+        for i in range(self.val_batches):
+            batch = self.buffer.sample(Draws(keys, torch.tensor(i, device=self.buffer.device)), self.batch_size)
+            batches.append({k: v[0] for k, v in batch.items()})
+        return FixedBatches(batches)
 
     def val_dataloader(self) -> FixedBatches:
         return self._fixed_batches()
 
     def test_dataloader(self) -> FixedBatches:
         return self._fixed_batches()
-
-    def state_dict(self) -> dict:
-        """The sampler's RNG state, so a resumed run draws the batches an uninterrupted one would."""
-        return {"generator_state": self.generator.get_state() if self.generator is not None else None}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        gen_state = state_dict.get("generator_state")
-        if gen_state is None:
-            return
-        if self.generator is not None:
-            self.generator.set_state(gen_state)
-        else:
-            self._pending_generator_state = gen_state

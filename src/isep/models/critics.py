@@ -1,4 +1,4 @@
-"""Twin Q-functions (one batched network) and the state-value function, as in IQL."""
+"""Twin Q-functions and the state-value function, as in IQL, with a leading run dimension."""
 
 from __future__ import annotations
 
@@ -7,29 +7,53 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from isep.models.mlp import EnsembleMLP, mlp
+from isep.models.mlp import StackedMLP
 
 
 class TwinQ(nn.Module):
-    """Q1, Q2 (s, a) → (2, B); `min` gives the clipped double-Q estimate Q̂."""
+    """Q1, Q2 of R runs as one network of 2R members: (s, a) of shape (R, B, ·) → (R, 2, B).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu"):
+    `min` gives the clipped double-Q estimate Q̂ (R, B). Run r's twins are built from
+    `generators[r]`.
+    """
+
+    def __init__(
+        self,
+        runs: int,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> None:
         super().__init__()
-        self.net = EnsembleMLP(2, obs_dim + act_dim, hidden, 1, activation)
+        twins = None if generators is None else [g for g in generators for _ in range(2)]
+        self.runs = runs
+        self.net = StackedMLP(2 * runs, obs_dim + act_dim, hidden, 1, activation, generators=twins)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
+        x = torch.cat([obs, act], -1)  # (R, B, S + A)
+        r, b, d = x.shape
+        x = x.unsqueeze(1).expand(r, 2, b, d).reshape(2 * r, b, d)
+        return self.net(x).view(r, 2, b)
 
     def min(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self(obs, act).min(0).values
+        return self(obs, act).amin(1)
 
 
 class ValueFunction(nn.Module):
-    """V(s) → (B,)."""
+    """V(s) of R runs: (R, B, S) → (R, B)."""
 
-    def __init__(self, obs_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu"):
+    def __init__(
+        self,
+        runs: int,
+        obs_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden, 1, activation)
+        self.net = StackedMLP(runs, obs_dim, hidden, 1, activation, generators=generators)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)

@@ -7,36 +7,43 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from isep.models.mlp import mlp
+from isep.models.mlp import StackedMLP
 
 # Optimality tokens (CFGRL): ∅ (unconditional), negative advantage, positive advantage.
 NULL, NEGATIVE, POSITIVE = 0, 1, 2
+TOKENS = 3
 
 
 class VelocityField(nn.Module):
-    """An MLP with Mish activations on [x_t, t, s, embed(o)] → velocity (B, A).
+    """An MLP with Mish activations on [x_t, t, s, embed(o)] → velocity, for R runs (R, B, ·).
 
     The raw time t is concatenated as in CFGRL/FQL; o is one of three learned embeddings
-    {∅, negative, positive} (CFGRL's IsPositiveEmbedding, 32 dimensions).
+    {∅, negative, positive} per run (CFGRL's IsPositiveEmbedding, 32 dimensions), looked up as a
+    one-hot product so that the lookup is a batched matmul like the rest.
     """
 
     def __init__(
         self,
+        runs: int,
         obs_dim: int,
         act_dim: int,
         hidden: Sequence[int] = (512, 512, 512, 512),
         embed_dim: int = 32,
         activation: str = "mish",
+        generators: Sequence[torch.Generator] | None = None,
     ) -> None:
         super().__init__()
         self.act_dim = act_dim
-        self.embed = nn.Embedding(3, embed_dim)
-        self.net = mlp(act_dim + 1 + obs_dim + embed_dim, hidden, act_dim, activation)
+        self.embed = nn.Parameter(torch.empty(runs, TOKENS, embed_dim))
+        with torch.no_grad():  # nn.Embedding's N(0, 1) initialisation, per run
+            for r, gen in enumerate(generators or [None] * runs):
+                self.embed[r].normal_(generator=gen)
+        self.net = StackedMLP(runs, act_dim + 1 + obs_dim + embed_dim, hidden, act_dim, activation, generators=generators)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """x (B, A), t (B,) or (B, 1), obs (B, S), label (B,) long → (B, A)."""
-        t = t.reshape(-1, 1).to(x.dtype)
-        return self.net(torch.cat([x, t, obs, self.embed(label)], -1))
+        """x (R, B, A), t (R, B), obs (R, B, S), label (R, B) long → (R, B, A)."""
+        one_hot = nn.functional.one_hot(label, TOKENS).to(x.dtype)
+        return self.net(torch.cat([x, t.unsqueeze(-1).to(x.dtype), obs, torch.bmm(one_hot, self.embed)], -1))
 
 
 def guided_sample(
@@ -48,23 +55,25 @@ def guided_sample(
     low: float | torch.Tensor = -1.0,
     high: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """Integrate ṽ = v(x,t,s,∅) + w·(v(x,t,s,+) − v(x,t,s,∅)) from x₀ ~ N(0, I) in `steps` Euler steps.
+    """Integrate ṽ = v(x,t,s,∅) + w·(v(x,t,s,+) − v(x,t,s,∅)) from x₀ in `steps` Euler steps.
 
-    The ∅ and positive branches run as one forward pass over a doubled batch. The result is
-    clipped to the action bounds (Eq. 7).
+    obs (R, B, S); `guidance` a float or per-run (R, 1, 1) tensor; x₀ is `noise` (R, B, A), or a draw
+    from torch's generator. The ∅ and positive branches run as one forward pass over a doubled
+    batch. The result is clipped to the action bounds (Eq. 7).
     """
-    b = obs.shape[0]
-    x = torch.randn(b, field.act_dim, device=obs.device, dtype=obs.dtype) if noise is None else noise
-    obs2 = torch.cat([obs, obs])
+    r, b, _ = obs.shape
+    x = torch.randn(r, b, field.act_dim, device=obs.device, dtype=obs.dtype) if noise is None else noise
+    obs2 = torch.cat([obs, obs], 1)
     labels = torch.cat(
         [
-            torch.full((b,), NULL, device=obs.device, dtype=torch.long),
-            torch.full((b,), POSITIVE, device=obs.device, dtype=torch.long),
-        ]
+            torch.full((r, b), NULL, device=obs.device, dtype=torch.long),
+            torch.full((r, b), POSITIVE, device=obs.device, dtype=torch.long),
+        ],
+        1,
     )
     dt = 1.0 / steps
     for k in range(steps):
-        t = torch.full((2 * b,), k * dt, device=obs.device, dtype=obs.dtype)
-        v_null, v_pos = field(torch.cat([x, x]), t, obs2, labels).chunk(2)
+        t = torch.full((r, 2 * b), k * dt, device=obs.device, dtype=obs.dtype)
+        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, labels).chunk(2, dim=1)
         x = x + dt * (v_null + guidance * (v_pos - v_null))
     return torch.clamp(x, low, high)

@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from isep.models.mlp import mlp
+from isep.models.mlp import StackedMLP
+from isep.rng import Draws
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -18,37 +19,41 @@ class GaussianActor(nn.Module):
 
     (ikostrikov/implicit_q_learning: NormalTanhPolicy with state_dependent_std=False,
     tanh_squash_distribution=False, log_std_min=-5.) The density is written out rather than taken
-    from `torch.distributions`, so no argument validation syncs with the host.
+    from `torch.distributions`, so no argument validation syncs with the host. R runs: states
+    (R, B, S) → actions (R, B, A), one log-std vector per run.
     """
 
     def __init__(
         self,
+        runs: int,
         obs_dim: int,
         act_dim: int,
         hidden: Sequence[int] = (256, 256),
         dropout: float = 0.0,
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden, act_dim, "relu", dropout=dropout)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.net = StackedMLP(runs, obs_dim, hidden, act_dim, "relu", dropout=dropout, generators=generators)
+        self.log_std = nn.Parameter(torch.zeros(runs, 1, act_dim))
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (B, A) and log-std (A,)."""
-        return torch.tanh(self.net(obs)), self.log_std.clamp(self.log_std_min, self.log_std_max)
+    def forward(self, obs: torch.Tensor, draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (R, B, A) and log-std (R, 1, A); `draws` switch the actor's dropout on (training)."""
+        return torch.tanh(self.net(obs, draws)), self.log_std.clamp(self.log_std_min, self.log_std_max)
 
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """log π(a|s), summed over action dimensions → (B,)."""
-        mean, log_std = self(obs)
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+        """log π(a|s), summed over action dimensions → (R, B)."""
+        mean, log_std = self(obs, draws)
         z = (actions - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
 
-    def sample(self, obs: torch.Tensor) -> torch.Tensor:
-        """One draw a ~ π(·|s) (not clipped)."""
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """a = mean + σ·ε (not clipped); ε is `noise` (R, B, A), or a fresh draw from torch's generator."""
         mean, log_std = self(obs)
-        return mean + torch.randn_like(mean) * log_std.exp()
+        noise = torch.randn_like(mean) if noise is None else noise
+        return mean + noise * log_std.exp()
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The mean: IQL evaluates deterministically."""

@@ -1,4 +1,10 @@
-"""Multi-layer perceptrons: a plain one and an ensemble whose members run as one batched network."""
+"""Multi-layer perceptrons with a leading *member* dimension: M independent networks run as one.
+
+Every network of isep is stacked: its weights have shape (M, in, out) and its activations
+(M, B, features). M is the number of runs trained together (1 for an ordinary run), times 2 for the
+twin critics. Each layer is one batched matmul whatever M is, so the twins, and many runs of a
+λ × seed grid, cost the launches of one network. Members never mix: nothing is reduced over M.
+"""
 
 from __future__ import annotations
 
@@ -8,62 +14,75 @@ from typing import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "mish": nn.Mish, "gelu": nn.GELU, "silu": nn.SiLU}
+from isep.rng import Draws, Stream
+
+ACTIVATIONS = {"relu": nn.functional.relu, "mish": nn.functional.mish, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 
 
-def mlp(
-    in_dim: int,
-    hidden: Sequence[int],
-    out_dim: int,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    layer_norm: bool = False,
-) -> nn.Sequential:
-    """Linear → (LayerNorm) → activation → (Dropout) per hidden layer, then a linear head."""
-    act = ACTIVATIONS[activation]
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers.append(nn.Linear(in_dim, width))
-        if layer_norm:
-            layers.append(nn.LayerNorm(width))
-        layers.append(act())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        in_dim = width
-    layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
+def _member_generators(members: int, generators: Sequence[torch.Generator] | None) -> list[torch.Generator | None]:
+    if generators is None:
+        return [None] * members
+    if len(generators) != members:
+        raise ValueError(f"need one generator per member ({members}), got {len(generators)}")
+    return list(generators)
 
 
-class EnsembleLinear(nn.Module):
-    """`members` independent linear layers applied as one batched matmul: (E, B, in) → (E, B, out)."""
+class StackedLinear(nn.Module):
+    """M independent linear layers: (M, B, in) → (M, B, out) as one `baddbmm`.
 
-    def __init__(self, members: int, in_dim: int, out_dim: int) -> None:
+    Initialised as `nn.Linear` (U(±1/√in) for weights and biases), member m from `generators[m]`
+    when given, so that a member's weights depend on its own seed only.
+    """
+
+    def __init__(self, members: int, in_dim: int, out_dim: int, generators: Sequence[torch.Generator] | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
-        bound = 1 / math.sqrt(in_dim)  # nn.Linear's default initialisation, per member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        bound = 1 / math.sqrt(in_dim)
+        with torch.no_grad():
+            for m, gen in enumerate(_member_generators(members, generators)):
+                self.weight[m].uniform_(-bound, bound, generator=gen)
+                self.bias[m].uniform_(-bound, bound, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class EnsembleMLP(nn.Module):
-    """E members of the same MLP shape, evaluated together (twin critics in one set of launches)."""
+class StackedMLP(nn.Module):
+    """M MLPs of the same shape: linear → activation → (dropout) per hidden layer, then a linear head.
 
-    def __init__(self, members: int, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu"):
+    Dropout masks come from counter-based draws (`isep.rng`), not from torch's global generator, so
+    that a run's masks do not depend on the other runs of its stack and the update stays capturable.
+    """
+
+    def __init__(
+        self,
+        members: int,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> None:
         super().__init__()
-        self.members = members
-        dims = [in_dim, *hidden]
-        self.hidden = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = EnsembleLinear(members, dims[-1], out_dim)
-        self.act = ACTIVATIONS[activation]()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        dims = [in_dim, *hidden, out_dim]
+        gens = _member_generators(members, generators)
+        self.layers = nn.ModuleList(
+            StackedLinear(members, a, b, None if generators is None else gens) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.members, self.activation, self.dropout = members, activation, dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in) is shared by every member; (E, B, in) gives each member its own input."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.members, *x.shape)
-        for layer in self.hidden:
-            x = self.act(layer(x))
-        return self.head(x)
+    def forward(self, x: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+        """(M, B, in) → (M, B, out). With `draws` and `dropout > 0`, hidden units are dropped
+        (inverted dropout); without `draws` the network is deterministic (evaluation)."""
+        act = ACTIVATIONS[self.activation]
+        *hidden, head = self.layers
+        for i, layer in enumerate(hidden):
+            x = act(layer(x))
+            if draws is not None and self.dropout > 0:
+                keep = draws.uniform(Stream.DROPOUT + i, tuple(x.shape[1:])) >= self.dropout
+                x = x * keep.view_as(x).to(x.dtype) / (1 - self.dropout)
+        return head(x)

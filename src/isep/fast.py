@@ -1,0 +1,106 @@
+"""The fast path: run the update eagerly, compiled, or compiled and captured as one CUDA graph.
+
+The update (`ISEPModule.train_step`) takes no arguments and returns nothing: it reads the
+resident dataset and the update counter, and writes parameters, optimizer moments, targets and
+metric sums in place. Such a function can be replayed from a CUDA graph without copying inputs.
+
+- `eager`: call it (CPU default; the reference the tests compare against).
+- `compile`: `torch.compile` in its default mode (`reduce-overhead` skipped its graphs for the
+  mutated inputs of this update and stalled, DESIGN.md §4). Where Dynamo can trace
+  `torch.autograd.grad` (`trace_autograd_ops`, PyTorch ≥ 2.13) the whole update is one graph
+  (`fullgraph=True`): forward, the three backward passes, Adam and the EMA fused by Inductor.
+  Older versions split it at each autograd call into a few graphs.
+- `graph` (CUDA default): compiled, run `warmup` times on a side stream (real updates: they compile
+  the kernels and settle the allocator), then captured once with `torch.cuda.graph` and replayed
+  for every later update. The warm-up and the replays perform the same sequence of updates as an
+  eager run: capturing executes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+
+Mode = Literal["eager", "compile", "graph"]
+# On the CPU compiling pays 20-45 % per update (benchmarks/throughput.py) but takes 20-70 s on two
+# cores: it is worth it from about this many updates on.
+CPU_COMPILE_MIN_UPDATES = 20_000
+TRACES_AUTOGRAD = hasattr(torch._dynamo.config, "trace_autograd_ops")
+
+
+def choose_mode(fast: bool | None, device: torch.device, updates: int | None = None) -> Mode:
+    """`fast=None` (auto): a CUDA graph on CUDA; on the CPU, compiled when the run is long enough
+    (`updates` ≥ CPU_COMPILE_MIN_UPDATES) for compiling to pay, else eager. `True`: the fastest
+    path the device has (graph on CUDA, compile on CPU); `False`: eager."""
+    if fast is False:
+        return "eager"
+    if device.type == "cuda":
+        return "graph"
+    if fast or (updates is not None and updates >= CPU_COMPILE_MIN_UPDATES):
+        return "compile"
+    return "eager"
+
+
+def compile_update(fn: Callable[[], None]) -> Callable[[], None]:
+    """`torch.compile(fn)`, as one graph where Dynamo can trace autograd calls."""
+    if not TRACES_AUTOGRAD:
+        return torch.compile(fn)
+    compiled = torch.compile(fn, fullgraph=True)
+
+    def call() -> None:
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            compiled()
+
+    return call
+
+
+class AcceleratedStep:
+    """Calls `fn` (no arguments, no outputs, device-only) in the chosen `mode`.
+
+    Capture is lazy (first call), so it happens after a checkpoint has been restored into the
+    tensors the graph will read and write. Anything that replaces those tensors (loading a
+    checkpoint or optimizer state again) must call `reset()`.
+    """
+
+    def __init__(self, fn: Callable[[], None], mode: Mode, warmup: int = 3) -> None:
+        if mode not in ("eager", "compile", "graph"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.fn, self.mode, self.warmup = fn, mode, warmup
+        self._compiled = compile_update(fn) if mode != "eager" else fn
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._calls = 0
+
+    def reset(self) -> None:
+        """Forget a captured graph (its tensors were replaced); the next call captures again."""
+        self._graph, self._calls = None, 0
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
+
+    def __call__(self) -> None:
+        if self.mode != "graph":
+            self._compiled()
+            return
+        if self._graph is None:
+            if self._calls < self.warmup:
+                self._warm_up()
+                return
+            self._capture()
+        self._graph.replay()
+
+    def _warm_up(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._compiled()
+        torch.cuda.current_stream().wait_stream(stream)
+        self._calls += 1
+
+    def _capture(self) -> None:
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._compiled()
+        self._graph = graph
