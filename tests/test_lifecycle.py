@@ -96,10 +96,12 @@ def test_rollout_evaluation_scores_a_trained_policy(use_store, mlflow_uri, tmp_p
     assert len(list((run / "checkpoints").glob("best-step=*.ckpt"))) == 1
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(use_store, tmp_path):
-    base = ["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--mlflow.enabled", "false",
+@pytest.mark.parametrize("config,fast", [("hopper_med.yaml", "false"), ("hopper_med_gaussian.yaml", "true")])
+def test_resume_continues_exactly_like_an_uninterrupted_run(config, fast, use_store, tmp_path):
+    """Eager (ISEP-FM) and the compiled fast path (ISEP): bit for bit, rollouts and validation on."""
+    base = ["fit", "--config", str(CONFIGS / config), *SMALL, "--mlflow.enabled", "false",
             "--model.lam", "0.5", "--trainer.max_epochs", "4", "--evaluation.every", "1",
-            "--trainer.check_val_every_n_epoch", "1"]
+            "--trainer.check_val_every_n_epoch", "1", "--model.fast", fast]
     assert main([*base, "--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
     resumed_root = str(tmp_path / "resumed")
     assert main([*base, "--trainer.default_root_dir", resumed_root, *callback_arg(StopAfter, epochs=2)]) == 0
@@ -149,12 +151,13 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(use_store, tm
     assert torch.load(last, weights_only=False)["global_step"] == kept + 25
 
 
-def test_divergence_stops_with_the_loss_step_and_lambda(use_store, mlflow_uri, tmp_path, capsys):
+@pytest.mark.parametrize("fast", ["false", "true"])
+def test_divergence_stops_with_the_loss_step_and_lambda(fast, use_store, mlflow_uri, tmp_path, capsys):
     import mlflow
 
     root = tmp_path / "runs"
     code = main(["fit", "--config", str(CONFIGS / "hopper_med.yaml"), *SMALL, "--trainer.default_root_dir", str(root),
-                 "--trainer.max_epochs", "5", "--evaluation.every", "0", "--model.lam", "0.2",
+                 "--trainer.max_epochs", "5", "--evaluation.every", "0", "--model.lam", "0.2", "--model.fast", fast,
                  *callback_arg(PoisonAt, step=12)])
     assert code == 2
     err = capsys.readouterr().err

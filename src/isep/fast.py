@@ -104,3 +104,47 @@ class AcceleratedStep:
         with torch.cuda.graph(graph):
             self._compiled()
         self._graph = graph
+
+
+# aten ops that read a device value on the host (or size an output by the data): each one forces a
+# synchronisation on a GPU and breaks a CUDA graph capture.
+HOST_SYNC_OPS = frozenset(
+    {
+        "aten::_local_scalar_dense",  # .item(), float(t), int(t), bool(t), a Python `if` on a tensor
+        "aten::is_nonzero",
+        "aten::nonzero",  # boolean-mask indexing, torch.where(cond) with one argument
+        "aten::masked_select",
+        "aten::unique",
+        "aten::_unique2",
+        "aten::unique_consecutive",
+        "aten::equal",
+        "aten::repeat_interleave.Tensor",  # with a tensor of repeats and no output size
+        "aten::_assert_async",
+    }
+)
+
+
+class HostSyncCheck(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every op run inside it that reads tensor values back to the host (`HOST_SYNC_OPS`).
+
+    The CPU counterpart of `torch.cuda.set_sync_debug_mode("error")`: on the CPU nothing syncs, but
+    the same ops would, so `with HostSyncCheck() as check: step()` then `check.found` lists them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.name()
+        if name in HOST_SYNC_OPS or name.split(".")[0] in HOST_SYNC_OPS or _indexes_with_a_mask(name, args):
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _indexes_with_a_mask(name: str, args) -> bool:
+    """Indexing with a boolean mask sizes its output by the mask's values (a hidden `nonzero`)."""
+    if not name.startswith(("aten::index", "aten::_index_put")) or len(args) < 2:
+        return False
+    indices = args[1] if isinstance(args[1], (list, tuple)) else []
+    return any(torch.is_tensor(i) and i.dtype == torch.bool for i in indices)

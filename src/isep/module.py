@@ -441,15 +441,19 @@ class ISEPModule(L.LightningModule):
         a_loss, a_info = self.actor_loss(batch, q_data, a_pi, q_pi, draws)
         self._descend(actor_opt, a_loss, count, lr_factor, self.active)
         c_loss, c_info = self.critic_loss(batch)
-        self._descend(critic_opt, c_loss, count, 1.0, self.active.repeat_interleave(2))
+        self._descend(critic_opt, c_loss, count, 1.0, self._twin_active())
         lr = actor_opt.param_groups[0]["lr"] * lr_factor
         lr = lr.expand(self.runs) if torch.is_tensor(lr) else torch.full((self.runs,), lr, device=self.device)
         return {**info, **a_info, **c_info, "lr_actor": lr}
 
+    def _twin_active(self) -> torch.Tensor:
+        """`active` per critic member (2 per run), as views (no data-dependent sizes)."""
+        return self.active.unsqueeze(1).expand(self.runs, 2).reshape(-1)
+
     @torch.no_grad()
     def update_targets(self) -> None:
         """Q̂ ← (1 − ρ)·Q̂ + ρ·Q, ρ = `target_update_rate`, for the active runs."""
-        rate = (self.target_update_rate * self.active.repeat_interleave(2).to(torch.float32)).view(-1, 1, 1)
+        rate = (self.target_update_rate * self._twin_active().to(torch.float32)).view(-1, 1, 1)
         for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
             target.lerp_(online, rate)
 

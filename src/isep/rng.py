@@ -10,8 +10,9 @@ tensor), the purpose of the draw (its *stream*) and the element's position. Noth
   place in the stack, decides), and whatever other draws happen in the same update;
 - resuming needs no RNG state beyond the update number, which the checkpoint holds.
 
-The hash is Chris Wellons' `lowbias32` (a 32-bit integer mixer) on int64 tensors, with every
-product kept below 2**63 so that no signed overflow occurs on any backend.
+The hash is Chris Wellons' `lowbias32` (a 32-bit integer mixer) on int64 tensors. A multiplier
+c ≥ 2**31 is applied as c − 2**32 (the same product modulo 2**32), so every product stays below
+2**63 in magnitude and no signed overflow occurs on any backend.
 """
 
 from __future__ import annotations
@@ -41,18 +42,15 @@ class Stream(enum.IntEnum):
 _STREAMS = 64  # streams per update (update · 64 + stream stays below 2**32 for 6.7e7 updates)
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2**32 for 0 ≤ x < 2**32, with both partial products below 2**49."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + ((x * hi) & 0xFFFF) * 65536) & MASK32
+_M1, _M2 = 0x7FEB352D, 0x846CA68B - (1 << 32)  # |m| < 2**31: |x · m| < 2**63 for x < 2**32
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32: a bijective avalanche mix of 32-bit values held in int64 tensors."""
+    """lowbias32: a bijective avalanche mix of 32-bit values (0 ≤ x < 2**32) held in int64 tensors."""
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
+    x = (x * _M1) & MASK32
     x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
+    x = (x * _M2) & MASK32
     return x ^ (x >> 16)
 
 
@@ -79,19 +77,25 @@ class Draws:
 
     def __init__(self, keys: torch.Tensor, update: torch.Tensor) -> None:
         self.keys, self.update = keys, update
+        self._stream_keys: torch.Tensor | None = None
 
     @property
     def runs(self) -> int:
         return self.keys.shape[0]
 
+    def stream_keys(self) -> torch.Tensor:
+        """(2, R, streams): two keys per run and stream for this update, hashed once per update."""
+        if self._stream_keys is None:
+            streams = torch.arange(_STREAMS, device=self.keys.device, dtype=torch.int64)
+            counters = mix32((self.update * _STREAMS + streams) & MASK32)  # (streams,)
+            k_a = mix32(self.keys.unsqueeze(-1) ^ counters)  # (R, streams)
+            self._stream_keys = torch.stack([k_a, mix32(k_a ^ 0x68E31DA4)])
+        return self._stream_keys
+
     def bits(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Uniform 32-bit integers in int64, (R, *shape)."""
-        counter = (self.update * _STREAMS + int(stream)) & MASK32
-        key = mix32(self.keys ^ mix32(counter))  # (R,)
-        k_a = key.view(-1, *([1] * len(shape)))
-        k_b = mix32(key ^ 0x68E31DA4).view_as(k_a)
-        n = math.prod(shape)
-        pos = torch.arange(n, device=self.keys.device, dtype=torch.int64).view(1, *shape)
+        k_a, k_b = self.stream_keys()[:, :, int(stream)].view(2, -1, *([1] * len(shape))).unbind(0)
+        pos = torch.arange(math.prod(shape), device=self.keys.device, dtype=torch.int64).view(1, *shape)
         return mix32((mix32(pos ^ k_a) + k_b) & MASK32)
 
     def uniform(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:

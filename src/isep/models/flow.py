@@ -42,7 +42,8 @@ class VelocityField(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """x (R, B, A), t (R, B), obs (R, B, S), label (R, B) long → (R, B, A)."""
-        one_hot = nn.functional.one_hot(label, TOKENS).to(x.dtype)
+        # (not F.one_hot: it checks the labels' range on the host, a synchronisation)
+        one_hot = (label.unsqueeze(-1) == torch.arange(TOKENS, device=label.device)).to(x.dtype)
         return self.net(torch.cat([x, t.unsqueeze(-1).to(x.dtype), obs, torch.bmm(one_hot, self.embed)], -1))
 
 
