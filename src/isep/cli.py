@@ -1,4 +1,5 @@
-"""The `isep` command: LightningCLI's fit/validate/test, plus `isep data ...`, `isep compare`, `isep demo`.
+"""The `isep` command: LightningCLI's fit/validate/test, plus `isep data ...`, `isep compare`, `isep demo`,
+`isep bench`.
 
 `isep data` and `isep compare` do not import Lightning (≈ 4.5 s); only training does.
 
@@ -231,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from isep.demo import demo_main
 
             return demo_main(argv[1:])
+        if argv and argv[0] == "bench":
+            from isep.bench.throughput import main as bench_main
+
+            return bench_main(argv[1:])
         build_cli(None if from_sys else argv)
         return 0
     except ISEPError as err:

@@ -419,7 +419,7 @@ class ISEPModule(L.LightningModule):
         return 0.5 * (1 + torch.cos(math.pi * done / self.schedule_total))
 
     @staticmethod
-    def _descend(opt: StackedAdam, loss: torch.Tensor, count: torch.Tensor, lr_factor, active: torch.Tensor) -> None:
+    def _descend(opt: StackedAdam, loss: torch.Tensor, count: torch.Tensor, lr_factor, active: torch.Tensor | None) -> None:
         """Gradients of the runs' summed losses (runs share no parameter, so each run gets its own)."""
         grads = torch.autograd.grad(loss.sum(), opt.params)
         opt.apply(grads, count, lr_factor, active)
@@ -435,13 +435,15 @@ class ISEPModule(L.LightningModule):
         critic_opt, value_opt, actor_opt = self.optimizers_
         count = (self.updates + 1).to(torch.float32)
         lr_factor = self._actor_lr_factor()
+        # Masks only once a run is frozen (a host-side fact: the compiled step specialises on it).
+        active, twin_active = (self.active, self._twin_active()) if self.failures else (None, None)
         q_data, a_pi, q_pi = self.targets(batch, draws)
         v_loss, info = self.value_loss(batch, q_data, q_pi, draws)
-        self._descend(value_opt, v_loss, count, 1.0, self.active)
+        self._descend(value_opt, v_loss, count, 1.0, active)
         a_loss, a_info = self.actor_loss(batch, q_data, a_pi, q_pi, draws)
-        self._descend(actor_opt, a_loss, count, lr_factor, self.active)
+        self._descend(actor_opt, a_loss, count, lr_factor, active)
         c_loss, c_info = self.critic_loss(batch)
-        self._descend(critic_opt, c_loss, count, 1.0, self._twin_active())
+        self._descend(critic_opt, c_loss, count, 1.0, twin_active)
         lr = actor_opt.param_groups[0]["lr"] * lr_factor
         lr = lr.expand(self.runs) if torch.is_tensor(lr) else torch.full((self.runs,), lr, device=self.device)
         return {**info, **a_info, **c_info, "lr_actor": lr}
@@ -453,9 +455,13 @@ class ISEPModule(L.LightningModule):
     @torch.no_grad()
     def update_targets(self) -> None:
         """Q̂ ← (1 − ρ)·Q̂ + ρ·Q, ρ = `target_update_rate`, for the active runs."""
+        targets, online = list(self.target_critic.parameters()), list(self.critic.parameters())
+        if not self.failures:
+            torch._foreach_lerp_(targets, online, self.target_update_rate)
+            return
         rate = (self.target_update_rate * self._twin_active().to(torch.float32)).view(-1, 1, 1)
-        for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
-            target.lerp_(online, rate)
+        for target, source in zip(targets, online):
+            target.lerp_(source, rate)
 
     def train_step(self) -> None:
         """One update of every run: a batch drawn on the device, V → actor → twin Q, the target
@@ -528,6 +534,8 @@ class ISEPModule(L.LightningModule):
             raise DivergenceError(message + " The last checkpoint before this step is kept.")
         self.failures[run] = f"run {run} (seed {self.seeds[run]}): {message}"
         self.active[run] = False
+        if self._step_fn is not None:
+            self._step_fn.reset()  # the step now masks the frozen run: capture it again
         if len(self.failures) == self.runs:
             raise DivergenceError("every run of the stack diverged: " + " | ".join(self.failures.values()))
 

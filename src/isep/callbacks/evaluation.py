@@ -58,10 +58,16 @@ class RolloutEvaluation(L.Callback):
         if getattr(dm, "toy", None) is not None:
             return
         dataset_id = dm.minari_ids[0] if dm.minari_ids else None
-        self._env_fn = make_env_fn(self.env_id or dm.env_id, None if self.env_id else dataset_id, self.max_episode_steps)
-        self._obs_space = check_spaces(self._env_fn, dm.obs_keys, pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
+        self.prepare(self.env_id or dm.env_id, None if self.env_id else dataset_id, dm.obs_keys,
+                     pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
         if self.episodes is None:
             self.episodes = dm.task.eval_episodes if dm.task is not None else 20
+
+    def prepare(self, env_id: str | None, dataset_id: str | None, obs_keys: list[str] | None, obs_dim: int, act_dim: int) -> None:
+        """Build the env factory (the dataset's own evaluation env, else `env_id`) and check that
+        its spaces fit the model; fails at once with the fix."""
+        self._env_fn = make_env_fn(env_id, dataset_id, self.max_episode_steps)
+        self._obs_space = check_spaces(self._env_fn, obs_keys, obs_dim, act_dim)
 
     # -- when ----------------------------------------------------------------------------------
 
@@ -86,7 +92,7 @@ class RolloutEvaluation(L.Callback):
                 metrics = {"eval/expected_reward": reward, "eval/score": reward}
                 record = dict(metrics)
             else:
-                metrics, record = self._rollouts(pl_module, dm)
+                metrics, record = self.rollouts(pl_module, dm.ref_scores)
         metrics["eval/seconds"] = time.perf_counter() - start
         # To the loggers at step = updates done (as the training metrics); `eval/score` also to
         # Lightning's callback metrics, which the best-checkpoint callback ranks by.
@@ -99,7 +105,8 @@ class RolloutEvaluation(L.Callback):
         self._write(trainer, record)
         return record
 
-    def _rollouts(self, pl_module: L.LightningModule, dm) -> tuple[dict, dict]:
+    def rollouts(self, pl_module: L.LightningModule, ref_scores: tuple[float, float] | None) -> tuple[dict, dict]:
+        """`episodes` rollouts of the module's policy (after `prepare`): metrics and the episode record."""
         from isep.data.minari_source import flatten_observations
 
         policy = lambda obs: pl_module.act(obs, guidance=self.guidance).cpu().numpy()  # noqa: E731
@@ -112,9 +119,8 @@ class RolloutEvaluation(L.Callback):
             "eval/return_std": float(result.returns.std()),
             "eval/env_steps_per_s": result.env_steps / elapsed,
         }
-        ref = dm.ref_scores
-        if ref is not None:
-            score = NormalizedScore(*ref)
+        if ref_scores is not None:
+            score = NormalizedScore(*ref_scores)
             score.update(torch.as_tensor(result.returns))
             metrics["eval/normalized_score"] = float(score.compute())
             metrics["eval/score"] = metrics["eval/normalized_score"]

@@ -1,0 +1,356 @@
+"""`isep bench` (`make bench`): gradient updates per second of the ISEP update, and evaluation speed.
+
+For each device (the CPU with one torch thread, and CUDA where present), each actor (Gaussian,
+flow) and λ ∈ {0, the paper's walker2d-medium value}, on walker2d shapes (17-d states, 6-d
+actions, batch 256, Appendix C networks) and data resident on the device, it times:
+
+- `reference`: the same math written the plain way (`isep.bench.reference`, CORL's style);
+- `eager`: `ISEPModule`'s update (`train_step`, the code `isep fit` runs) with the fast path off;
+- `fast`: the same update on the fast path (compiled on the CPU; compiled + one CUDA graph on CUDA);
+
+each `eager` / `fast` both in a plain Python loop and driven by `Trainer.fit` in the same process,
+so Lightning's cost is a ratio of two numbers measured side by side. Warm-up updates (and with
+them compilation and capture, reported apart as `setup_s`) are excluded; the clock is read after
+a device synchronisation; each figure is the median over `--windows` timed windows. Kernels per
+update: dispatched (non-view, non-allocation) ops on the CPU in eager mode, Inductor's generated
+kernels plus extern matmuls when compiled, CUDA kernels from the profiler on a GPU. Evaluation:
+environment steps/s of `RolloutEvaluation` with a paper-sized policy on HalfCheetah-v5 (the
+walker2d shapes, without early terminations). Writes `throughput.json` and `throughput.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+OBS_DIM, ACT_DIM, BATCH = 17, 6, 256  # walker2d
+PAPER = {  # walker2d-medium-v2, Appendix C Tables 3 and 4
+    "gaussian": {"lam": 0.3, "expectile": 0.8, "beta": 5.0},
+    "flow": {"lam": 0.3, "expectile": 0.8, "guidance": 2.0},
+}
+ACTOR_HIDDEN = {"gaussian": (256, 256), "flow": (512, 512, 512, 512)}
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def synthetic_walker(n: int = 100_000, seed: int = 0):
+    """Walker-shaped random transitions (the speed of an update does not depend on the values)."""
+    from isep.data.transitions import Transitions
+
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
+    return Transitions(
+        observations=obs,
+        actions=rng.uniform(-1, 1, size=(n, ACT_DIM)).astype(np.float32),
+        rewards=rng.normal(size=n).astype(np.float32),
+        next_observations=np.roll(obs, -1, 0),
+        terminals=(rng.uniform(size=n) < 0.001).astype(np.float32),
+        timeouts=np.zeros(n, bool),
+        episode_returns=np.zeros(1),
+    )
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def settings(actor: str, lam: float, runs: int = 1) -> dict:
+    kw = {**PAPER[actor], "lam": lam}
+    if runs > 1:
+        kw = {**kw, "lam": [lam] * runs, "seed": list(range(runs))}
+    return kw
+
+
+def make_module(actor: str, lam: float, fast: bool, device: str, runs: int = 1):
+    from isep.data.buffer import TransitionBuffer
+    from isep.module import ISEPModule
+
+    module = ISEPModule(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], log_every=1000,
+                        fast=fast, **settings(actor, lam, runs)).to(device)
+    module.configure_optimizers()
+    module.attach_data(TransitionBuffer.from_transitions(synthetic_walker(), device), BATCH)
+    return module
+
+
+def timed_windows(call: Callable[[], None], updates: int, windows: int, device: str) -> list[float]:
+    """Updates/s of `windows` consecutive windows of `updates` calls."""
+    rates = []
+    for _ in range(windows):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(updates):
+            call()
+        sync(device)
+        rates.append(updates / (time.perf_counter() - start))
+    return rates
+
+
+def warm(call: Callable[[], None], warmup: int, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        call()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def bench_reference(actor: str, lam: float, device: str, updates: int, warmup: int, windows: int) -> dict:
+    from isep.bench.reference import ReferenceISEP
+
+    ref = ReferenceISEP(OBS_DIM, ACT_DIM, actor, actor_hidden=ACTOR_HIDDEN[actor], device=device, **settings(actor, lam))
+    data = synthetic_walker()
+    fields = [torch.as_tensor(x, device=device) for x in (data.observations, data.actions, data.rewards,
+                                                          data.next_observations, data.terminals)]
+    n = len(data)
+
+    def step() -> None:
+        idx = torch.randint(0, n, (BATCH,), device=device)
+        ref.step(*(f[idx] for f in fields))
+
+    warm(step, warmup, device)
+    return {"rates": timed_windows(step, updates, windows, device)}
+
+
+def bench_plain(actor: str, lam: float, fast: bool, device: str, updates: int, warmup: int, windows: int,
+                runs: int = 1) -> dict:
+    """The module's update in a bare loop (no Lightning)."""
+    module = make_module(actor, lam, fast, device, runs)
+    step = module.step_function()
+    warm_s = warm(step, warmup, device)
+    rates = timed_windows(step, updates, windows, device)
+    return {"rates": rates, "setup_s": max(0.0, warm_s - warmup / statistics.median(rates)),
+            "mode": module.fast_mode()}
+
+
+def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, warmup: int, windows: int) -> dict:
+    """The same update driven by `Trainer.fit`, as `isep fit` runs it."""
+    import lightning as L
+
+    from isep.data.buffer import TransitionBuffer, UpdateClock
+    from isep.module import ISEPModule
+
+    total = warmup + updates * windows
+
+    class Data(L.LightningDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batch_size, self.steps_per_epoch, self.updates_per_call = BATCH, total, 1
+            self.buffer = TransitionBuffer.from_transitions(synthetic_walker(), device)
+
+        def data_stats(self) -> dict:
+            return {"obs_mean": torch.zeros(OBS_DIM), "obs_std": torch.ones(OBS_DIM),
+                    "max_reward": torch.tensor(1.0), "max_abs_reward": torch.tensor(1.0)}
+
+        def train_dataloader(self):
+            return UpdateClock(self.steps_per_epoch, self.updates_per_call)
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.marks: list[tuple[int, float]] = []
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            step = trainer.global_step
+            boundary = warmup + len(self.marks) * updates
+            if step >= boundary and len(self.marks) <= windows:
+                sync(device)
+                self.marks.append((step, time.perf_counter()))
+
+    module = ISEPModule(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], log_every=1000, fast=fast,
+                        **settings(actor, lam))
+    clock = Clock()
+    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=total,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
+    trainer.fit(module, Data())
+    marks = clock.marks
+    rates = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(marks[:-1], marks[1:])]
+    return {"rates": rates, "setup_s": max(0.0, marks[0][1] - clock.start - marks[0][0] / statistics.median(rates))}
+
+
+def _dispatched_ops(call: Callable[[], None]) -> tuple[int, int]:
+    """(kernels, of which matmuls) dispatched by one eager call: every op but views and allocations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"all": 0, "mm": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.name()
+            if not func.is_view and "empty" not in name and name not in ("aten::detach", "aten::lift_fresh"):
+                counts["all"] += 1
+                counts["mm"] += name.split(".")[0] in MATMULS
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        call()
+    return counts["all"], counts["mm"]
+
+
+def kernels_per_update(actor: str, lam: float, device: str) -> dict:
+    """Kernels launched by one update: eager, reference and fast path."""
+    out: dict = {}
+    eager = make_module(actor, lam, False, device)
+    step = eager.step_function()
+    step()
+    if device == "cpu":
+        out["eager"], matmuls = _dispatched_ops(step)
+        from isep.bench.reference import ReferenceISEP
+
+        ref = ReferenceISEP(OBS_DIM, ACT_DIM, actor, actor_hidden=ACTOR_HIDDEN[actor], **settings(actor, lam))
+        batch = [torch.randn(BATCH, OBS_DIM), torch.rand(BATCH, ACT_DIM) * 2 - 1, torch.randn(BATCH),
+                 torch.randn(BATCH, OBS_DIM), torch.zeros(BATCH)]
+        out["reference"], _ = _dispatched_ops(lambda: ref.step(*batch))
+        import torch._inductor.config as inductor_config
+        import torch._inductor.metrics as inductor_metrics
+
+        fast = make_module(actor, lam, True, device).step_function()
+        inductor_metrics.reset()
+        with inductor_config.patch(fx_graph_cache=False):  # count what a fresh compile generates
+            fast()
+        out["fast"] = inductor_metrics.generated_kernel_count + matmuls
+        return out
+    from torch.profiler import ProfilerActivity, profile
+
+    def cuda_kernels(call: Callable[[], None], n: int = 5) -> float:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                call()
+            torch.cuda.synchronize()
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n
+
+    out["eager"] = cuda_kernels(step)
+    fast = make_module(actor, lam, True, device).step_function()
+    for _ in range(6):
+        fast()
+    out["fast"] = cuda_kernels(fast)
+    return out
+
+
+def bench_evaluation(actor: str, device: str, episodes: int = 10, steps: int = 200) -> float:
+    """Environment steps/s of `RolloutEvaluation` with a paper-sized (untrained) policy."""
+    from isep.callbacks.evaluation import RolloutEvaluation
+
+    module = make_module(actor, 0.0, False, device)
+    evaluation = RolloutEvaluation(episodes=episodes, num_envs=10, max_episode_steps=steps, env_id="HalfCheetah-v5")
+    evaluation.prepare("HalfCheetah-v5", None, None, OBS_DIM, ACT_DIM)
+    metrics, _ = evaluation.rollouts(module, None)
+    return metrics["eval/env_steps_per_s"]
+
+
+def plan(device: str, actor: str, lam: float, quick: bool) -> tuple[int, int]:
+    """(updates per window, warm-up updates) for a measurement of a few seconds."""
+    if device.startswith("cuda"):
+        return (200 if quick else 1000), 50
+    per_window = 150 if actor == "gaussian" else (60 if lam == 0 else 12)
+    return (max(per_window // 3, 6) if quick else per_window), 10
+
+
+def median(result: dict) -> float:
+    return round(statistics.median(result["rates"]), 1)
+
+
+def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool, kernels: bool,
+        evaluation: bool, log: Callable[[str], None] = print) -> dict:
+    rows, evals = [], []
+    for device in devices:
+        for actor in actors:
+            for lam in (0.0, PAPER[actor]["lam"]):
+                updates, warmup = plan(device, actor, lam, quick)
+                args = (actor, lam, device, updates, warmup, windows)
+                ref = bench_reference(*args)
+                eager_plain = bench_plain(actor, lam, False, device, updates, warmup, windows)
+                eager_fit = bench_fit(actor, lam, False, device, updates, warmup, windows)
+                fast_plain = bench_plain(actor, lam, True, device, updates, warmup, windows)
+                fast_fit = bench_fit(actor, lam, True, device, updates, warmup, windows)
+                row = {
+                    "device": device, "actor": actor, "lam": lam, "batch": BATCH, "updates_per_window": updates,
+                    "windows": windows, "fast_mode": fast_plain["mode"],
+                    "reference": median(ref), "eager_plain": median(eager_plain), "eager_fit": median(eager_fit),
+                    "fast_plain": median(fast_plain), "fast_fit": median(fast_fit),
+                    "fast_setup_s": round(fast_plain["setup_s"], 1),
+                    "raw": {"reference": ref["rates"], "eager_plain": eager_plain["rates"],
+                            "eager_fit": eager_fit["rates"], "fast_plain": fast_plain["rates"],
+                            "fast_fit": fast_fit["rates"]},
+                }
+                row["eager_fit_over_plain_time"] = round(row["eager_plain"] / row["eager_fit"], 3)
+                row["fast_fit_over_plain_time"] = round(row["fast_plain"] / row["fast_fit"], 3)
+                row["fast_fit_over_reference"] = round(row["fast_fit"] / row["reference"], 2)
+                if kernels:
+                    row["kernels_per_update"] = kernels_per_update(actor, lam, device)
+                rows.append(row)
+                log(json.dumps({k: v for k, v in row.items() if k != "raw"}))
+        if evaluation:
+            for actor in actors:
+                evals.append({"device": device, "actor": actor, "actor_hidden": list(ACTOR_HIDDEN[actor]),
+                              "env": "HalfCheetah-v5", "num_envs": 10,
+                              "env_steps_per_s": round(bench_evaluation(actor, device), 1)})
+                log(json.dumps(evals[-1]))
+    return {"rows": rows, "evaluation": evals}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "| device | actor | λ | reference (CORL-style) | eager, loop | eager, `fit` | fit/loop time | fast, loop | "
+        "fast, `fit` | fit/loop time | fast `fit` / reference | compile+capture s | kernels/update (ref → eager → fast) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        k = r.get("kernels_per_update", {})
+        kernels = " → ".join(str(round(k[x])) for x in ("reference", "eager", "fast") if x in k) or "–"
+        lines.append(
+            f"| {r['device']} | {r['actor']} | {r['lam']} | {r['reference']} | {r['eager_plain']} | {r['eager_fit']} | "
+            f"{r['eager_fit_over_plain_time']} | {r['fast_plain']} ({r['fast_mode']}) | {r['fast_fit']} | "
+            f"{r['fast_fit_over_plain_time']} | {r['fast_fit_over_reference']}× | {r['fast_setup_s']} | {kernels} |"
+        )
+    lines.append("\nUpdates/s, median of the timed windows; batch 256, walker2d shapes, Appendix C networks.")
+    if result["evaluation"]:
+        lines += ["", "| device | actor (hidden) | env | envs | env steps/s |", "|---|---|---|---|---|"]
+        lines += [f"| {e['device']} | {e['actor']} {tuple(e['actor_hidden'])} | {e['env']} | {e['num_envs']} | "
+                  f"{e['env_steps_per_s']} |" for e in result["evaluation"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="isep bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-results", help="folder for throughput.json and throughput.md")
+    parser.add_argument("--device", default="all", help="cpu, cuda, or all (the CPU, and CUDA where present)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (1: one run per core)")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows per figure (the median is reported)")
+    parser.add_argument("--actors", default="gaussian,flow")
+    parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke test of the benchmark)")
+    parser.add_argument("--no-kernels", dest="kernels", action="store_false", help="skip counting kernels per update")
+    parser.add_argument("--no-eval", dest="evaluation", action="store_false", help="skip the evaluation speed")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if args.device == "cuda" and not devices:
+        print("isep bench: no CUDA device here", flush=True)
+        return 2
+    result = run(devices, args.actors.split(","), args.windows, args.quick, args.kernels, args.evaluation,
+                 log=lambda line: print(line, flush=True))
+    import lightning
+
+    result["meta"] = {"torch": torch.__version__, "lightning": lightning.__version__, "threads": args.threads,
+                      "machine": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(),
+                      "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                      "date": time.strftime("%Y-%m-%d %H:%M")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (out / "throughput.md").write_text(table)
+    print(table)
+    return 0
