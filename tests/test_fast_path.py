@@ -199,3 +199,12 @@ def test_a_copied_module_draws_the_same_batches():
     b.step_function()()
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_many_compiled_modules_in_one_process():
+    """Dynamo guards on the module: without a reset the 9th module hit `recompile_limit` and failed."""
+    for _ in range(9):
+        module = ready_module("gaussian", fast=True)
+        step = module.step_function()
+        step()
+    assert int(module.updates) == 1 and torch.isfinite(module.metric_sum).all()

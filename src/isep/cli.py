@@ -232,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from isep.demo import demo_main
 
             return demo_main(argv[1:])
+        if argv and argv[0] == "evaluate":
+            from isep.checkpoint_eval import evaluate_main
+
+            return evaluate_main(argv[1:])
         if argv and argv[0] == "bench":
             from isep.bench.throughput import main as bench_main
 

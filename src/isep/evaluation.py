@@ -166,8 +166,8 @@ def rollout(
     return RolloutResult(np.asarray(returns), np.asarray(lengths), seeds)
 
 
-def toy_expected_reward(model, bandit, n: int = 1000) -> float:
+def toy_expected_reward(model, bandit, n: int = 1000, guidance: float | None = None) -> float:
     """Expected reward of `n` policy samples on a toy bandit (its exact reward function)."""
     obs = torch.zeros(n, 1)
-    actions = model.act(obs, stochastic=True).cpu()
+    actions = model.act(obs, guidance=guidance, stochastic=True).cpu()
     return float(bandit.reward(actions).mean())

@@ -60,13 +60,20 @@ class AcceleratedStep:
 
     Capture is lazy (first call), so it happens after a checkpoint has been restored into the
     tensors the graph will read and write. Anything that replaces those tensors (loading a
-    checkpoint or optimizer state again) must call `reset()`.
+    checkpoint or optimizer state again) must call `reset()`. Building a compiled step clears
+    Dynamo's cache: a step built earlier in the same process compiles again if called again.
     """
 
     def __init__(self, fn: Callable[[], None], mode: Mode, warmup: int = 3) -> None:
         if mode not in ("eager", "compile", "graph"):
             raise ValueError(f"unknown mode {mode!r}")
         self.fn, self.mode, self.warmup = fn, mode, warmup
+        if mode != "eager":
+            # Dynamo keys its cache on the code of `train_step` and guards on the module instance:
+            # every new module would recompile into the same entry until `recompile_limit` (8)
+            # fails the fullgraph compile. One compiled update per process at a time: start clean
+            # (Inductor's on-disk cache still makes the new compile quick).
+            torch.compiler.reset()
         self._compiled = compile_update(fn) if mode != "eager" else fn
         self._graph: torch.cuda.CUDAGraph | None = None
         self._calls = 0

@@ -1,0 +1,178 @@
+"""`isep evaluate`: roll out a trained policy from its checkpoint, at one or several guidance weights.
+
+Classifier-free guidance is a test-time knob of ISEP-FM (Eq. 7): the same trained velocity field
+gives a more or less greedy policy with w. This evaluates a checkpoint at each w without
+retraining, with the rollouts of the evaluation callback (`RolloutEvaluation`: vectorized envs,
+episode i seeded `seed + i`, D4RL normalized score), prints a table, appends the records to
+`<run>/guidance_eval.jsonl` and logs the scores into the run's MLflow record
+(`eval/guidance/<w>/normalized_score`, ..., at the checkpoint's step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from isep.errors import ConfigError
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ConfigError(f"--{name} takes comma-separated numbers, e.g. 0.5,1,2,3; got {text!r}") from err
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    return values
+
+
+def locate(ckpt: str) -> tuple[Path, Path]:
+    """(checkpoint file, run folder) from a checkpoint path or a run folder."""
+    path = Path(ckpt)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}: pass a .ckpt file or a run folder holding checkpoints/last.ckpt")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path, run_dir
+
+
+def load_run(ckpt: Path, run_dir: Path, device: str):
+    """The module of a checkpoint and the data settings of its run (from the run's config.yaml)."""
+    import torch
+    import yaml
+
+    from isep.module import ISEPModule
+
+    try:
+        module = ISEPModule.load_from_checkpoint(ckpt, map_location=device)
+    except Exception as err:  # noqa: BLE001  (a corrupt or foreign file: say so, keep the file)
+        raise ConfigError(f"cannot load {ckpt} as an isep checkpoint ({type(err).__name__}: {err})") from err
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{config_file} is missing: `isep evaluate` reads the run's dataset from it")
+    config = yaml.safe_load(config_file.read_text()) or {}
+    module.eval()
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+    return module, config, step
+
+
+def evaluate_weights(module, config: dict, weights: list[float | None], episodes: int | None, num_envs: int,
+                     seed: int, env_id: str | None, max_episode_steps: int | None) -> list[dict]:
+    """One record per guidance weight (None = the trained w): metrics as the evaluation callback logs them."""
+    import torch
+
+    from isep.callbacks.evaluation import RolloutEvaluation
+    from isep.data.datamodule import D4RLDataModule
+    from isep.evaluation import toy_expected_reward
+
+    data = config.get("data") or {}
+    dm = D4RLDataModule(dataset=data.get("dataset", "toy/sparse-optimum"), obs_keys=data.get("obs_keys"),
+                        toy_size=data.get("toy_size", 10_000), toy_seed=data.get("toy_seed", 0))
+    if dm.toy is None and dm.task is None:
+        dm.load_transitions()  # the dataset's own reference scores live in its metadata
+    records = []
+    evaluation = RolloutEvaluation(episodes=episodes, num_envs=num_envs, seed=seed, env_id=env_id,
+                                   max_episode_steps=max_episode_steps)
+    if dm.toy is None:
+        dataset_id = dm.minari_ids[0] if dm.minari_ids else None
+        evaluation.prepare(env_id or dm.env_id, None if env_id else dataset_id, dm.obs_keys,
+                           module.hparams.obs_dim, module.hparams.act_dim)
+        evaluation.episodes = episodes or (dm.task.eval_episodes if dm.task is not None else 20)
+    for w in weights:
+        evaluation.guidance = w
+        start = time.perf_counter()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            if dm.toy is not None:
+                reward = toy_expected_reward(module, dm.toy, guidance=w)
+                metrics, record = {"eval/expected_reward": reward, "eval/score": reward}, {}
+            else:
+                metrics, record = evaluation.rollouts(module, dm.ref_scores)
+        used = w if w is not None else float(module.guidance.flatten()[0])
+        records.append({"guidance": used, **metrics, "seconds": time.perf_counter() - start,
+                        **{k: v for k, v in record.items() if k in ("returns", "seeds")}})
+    return records
+
+
+def log_to_mlflow(run_dir: Path, records: list[dict], step: int, uri: str | None) -> str | None:
+    """Add the scores to the run's MLflow record; returns the run id, or None without one."""
+    id_file = run_dir / RUN_ID_FILE
+    if not id_file.is_file():
+        return None
+    import mlflow
+
+    from isep.callbacks.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri(uri))
+    run_id = id_file.read_text().strip()
+    try:
+        client.get_run(run_id)
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"the run's MLflow record {run_id} is not in the store {tracking_uri(uri)} "
+                          f"({type(err).__name__}); point --mlflow.tracking_uri at the run's store, or pass --no-mlflow") from err
+    metrics = []
+    for r in records:
+        for key in ("eval/normalized_score", "eval/return_mean", "eval/return_std", "eval/expected_reward"):
+            if key in r:
+                name = f"eval/guidance/{r['guidance']:g}/{key.split('/', 1)[1]}"
+                metrics.append(mlflow.entities.Metric(name, float(r[key]), int(time.time() * 1000), step))
+    client.log_batch(run_id, metrics=metrics)
+    client.log_artifact(run_id, str(run_dir / "guidance_eval.jsonl"))
+    return run_id
+
+
+def format_table(records: list[dict]) -> str:
+    toy = "eval/expected_reward" in records[0]
+    head = "| guidance w | expected reward |" if toy else "| guidance w | return (mean ± std) | normalized score |"
+    lines = [head, "|---|---|" if toy else "|---|---|---|"]
+    for r in records:
+        if toy:
+            lines.append(f"| {r['guidance']:g} | {r['eval/expected_reward']:.4f} |")
+        else:
+            score = r.get("eval/normalized_score")
+            lines.append(f"| {r['guidance']:g} | {r['eval/return_mean']:.1f} ± {r['eval/return_std']:.1f} | "
+                         f"{'–' if score is None else f'{score:.1f}'} |")
+    return "\n".join(lines)
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="isep evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint (.ckpt) or a run folder (uses checkpoints/last.ckpt)")
+    parser.add_argument("--guidance", help="comma-separated guidance weights w (flow actor); default: the trained w")
+    parser.add_argument("--episodes", type=int, help="episodes per weight (default: the task's, 20 on Gym-MuJoCo)")
+    parser.add_argument("--num_envs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=100_000, help="seed of the first episode (the callback's default)")
+    parser.add_argument("--env_id", help="evaluate in this env instead of the dataset's")
+    parser.add_argument("--max_episode_steps", type=int)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mlflow.tracking_uri", dest="tracking_uri", help="the run's MLflow store (default as `isep fit`)")
+    parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not write to the run's MLflow record")
+    args = parser.parse_args(argv)
+
+    ckpt, run_dir = locate(args.ckpt_path)
+    weights: list[float | None] = parse_floats(args.guidance, "guidance") if args.guidance else [None]
+    if any(w is not None and w < 0 for w in weights):
+        raise ConfigError(f"guidance weights must be ≥ 0, got {args.guidance}")
+    module, config, step = load_run(ckpt, run_dir, args.device)
+    if module.actor_kind != "flow" and args.guidance:
+        raise ConfigError("--guidance applies to the flow actor (ISEP-FM); this checkpoint has a Gaussian actor "
+                          "(evaluate it without --guidance)")
+    records = evaluate_weights(module, config, weights, args.episodes, args.num_envs, args.seed, args.env_id,
+                               args.max_episode_steps)
+    with open(run_dir / "guidance_eval.jsonl", "a") as f:
+        for r in records:
+            f.write(json.dumps({"checkpoint": str(ckpt), "step": step, **r}) + "\n")
+    print(f"{ckpt} (step {step})")
+    print(format_table(records))
+    if args.mlflow:
+        run_id = log_to_mlflow(run_dir, records, step, args.tracking_uri)
+        print(f"logged to MLflow run {run_id}" if run_id else "no MLflow record for this run (no mlflow_run_id file)")
+    return 0
+
