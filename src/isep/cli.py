@@ -1,5 +1,5 @@
 """The `isep` command: LightningCLI's fit/validate/test, plus `isep data ...`, `isep compare`, `isep demo`,
-`isep bench`.
+`isep sweep`, `isep evaluate`, `isep figure` and `isep bench`.
 
 `isep data` and `isep compare` do not import Lightning (≈ 4.5 s); only training does.
 
@@ -29,7 +29,7 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 1,
 }
 RUN_ID_FILE = "mlflow_run_id"
-HASH_EXCLUDE = {"model.log_every", "data.val_batches", "data.download"}
+HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
 
 
 def _flat(prefix: str, value) -> dict:
@@ -39,6 +39,20 @@ def _flat(prefix: str, value) -> dict:
             out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
         return out
     return {prefix: value}
+
+
+def run_seed(config: dict):
+    """The run's seed: `model.seed` when set, else `seed_everything` (the module's default)."""
+    model = config.get("model") or {}
+    return model.get("seed") if model.get("seed") is not None else config.get("seed_everything")
+
+
+def trial_key(config: dict) -> str:
+    """What makes two runs the same experiment: the run key (dataset, model and data settings,
+    seed) and the training length. Tagged `isep.trial` on each MLflow run; sweeps find finished
+    trials by it."""
+    trainer = config.get("trainer") or {}
+    return f"{run_key(config)}|epochs={trainer.get('max_epochs')}|steps={trainer.get('max_steps')}"
 
 
 def run_key(config: dict) -> str:
@@ -51,7 +65,7 @@ def run_key(config: dict) -> str:
     slug = re.sub(r"[^\w.+-]+", "_", dataset.replace("/", "__"))
     return (
         f"{slug}/{model.get('actor', 'flow')}-lam{model.get('lam', 0.0)}-{model.get('policy_mix', 'stochastic')}"
-        f"-seed{config.get('seed_everything')}-{digest}"
+        f"-seed{run_seed(config)}-{digest}"
     )
 
 
@@ -86,8 +100,23 @@ def _check_writable(folder: Path) -> None:
         ) from err
 
 
-def build_cli(args: Sequence[str] | None = None, run: bool = True):
-    """Construct (and by default run) the LightningCLI over `ISEPModule` and `D4RLDataModule`."""
+def log_run_params(logger, params: dict[str, str]) -> None:
+    """The run's config as MLflow params. A resumed run continues its MLflow record, whose params
+    cannot change: new keys are added, and a value that differs from the first (say a longer
+    `trainer.max_epochs`, or `ckpt_path`) is kept as a tag `isep.resumed.<key>`."""
+    logged = logger.experiment.get_run(logger.run_id).data.params
+    logger.log_hyperparams({k: v for k, v in params.items() if k not in logged})
+    for key, value in params.items():
+        if key in logged and logged[key] != value:
+            logger.experiment.set_tag(logger.run_id, f"isep.resumed.{key}"[:250], value)
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: bool = False):
+    """Construct (and by default run) the LightningCLI over `ISEPModule` and `D4RLDataModule`.
+
+    `check_only`: parse and validate the config and build the model and data module (which check
+    their values and find the dataset), but create no run folder, logger or trainer.
+    """
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
     from lightning.pytorch.loggers import CSVLogger
 
@@ -105,10 +134,10 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
                 return
             path = Path(trainer.default_root_dir) / "config.yaml"
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
-            flat = {k: v for k, v in _flat("", self.config.as_dict()).items() if k != "config"}
+            flat = {k: str(v)[:500] for k, v in _flat("", self.config.as_dict()).items() if k != "config"}
             for logger in trainer.loggers:
                 if type(logger).__name__ == "MLFlowLogger":
-                    logger.log_hyperparams({k: str(v)[:500] for k, v in flat.items()})
+                    log_run_params(logger, flat)
                     logger.experiment.log_artifact(logger.run_id, str(path))
 
     class ISEPCLI(LightningCLI):
@@ -122,8 +151,12 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
                                 help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
             parser.add_argument("--mlflow.experiment", type=str | None, default=None,
                                 help="MLflow experiment (default: the dataset's name)")
+            parser.add_argument("--mlflow.parent_run_id", type=str | None, default=None,
+                                help="nest this run under an MLflow run (a sweep's parent run)")
 
         def before_instantiate_classes(self) -> None:
+            if check_only:
+                return
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             plain = cfg.as_dict()
             base = Path(plain["trainer"].get("default_root_dir") or "runs") / run_key(plain)
@@ -139,6 +172,13 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
                     print(f"isep: no checkpoint at {last}; starting this run from scratch", file=sys.stderr)
                     cfg.ckpt_path = None
             self.resuming = bool(cfg.get("ckpt_path")) and self.subcommand == "fit"
+
+        def instantiate_classes(self) -> None:
+            if not check_only:
+                return super().instantiate_classes()
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = self._get(self.config_init, "model")
 
         def instantiate_trainer(self, **kwargs):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -169,10 +209,13 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
                 "actor": model["actor"],
                 "lam": str(float(model["lam"])),
                 "policy_mix": model["policy_mix"],
-                "seed": str(plain.get("seed_everything")),
+                "seed": str(run_seed(plain)),
                 "git_commit": git_commit(),
                 "run_dir": str(self.run_dir),
+                "isep.trial": trial_key(plain),
             }
+            if plain["mlflow"].get("parent_run_id"):
+                tags["mlflow.parentRunId"] = plain["mlflow"]["parent_run_id"]
             logger = make_mlflow_logger(plain["mlflow"]["experiment"] or dataset, self.run_dir.name,
                                         plain["mlflow"]["tracking_uri"], tags, run_id)
             id_file.write_text(logger.run_id)
@@ -189,6 +232,23 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
         seed_everything_default=0,
         parser_kwargs={"description": "ISEP / ISEP-FM offline RL (PyTorch Lightning)."},
     )
+
+
+def resolve_fit_config(args: Sequence[str]) -> dict:
+    """The resolved config of `isep fit ARGS` as a plain dict, after every check `isep fit` makes
+    before training (parser, model and data values, dataset present); errors raise `ConfigError`
+    (or the dataset's `DatasetError`), with the parser's message."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            cli = build_cli(list(args), run=False, check_only=True)
+    except SystemExit as err:
+        message = [line for line in stderr.getvalue().strip().splitlines() if line.strip()]
+        raise ConfigError(f"`isep fit {' '.join(args)}` is not a valid run: {message[-1] if message else err}") from None
+    return cli.config.as_dict()
 
 
 def data_main(argv: Sequence[str]) -> int:
@@ -232,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from isep.demo import demo_main
 
             return demo_main(argv[1:])
+        if argv and argv[0] == "sweep":
+            from isep.sweeps.runner import sweep_main
+
+            return sweep_main(argv[1:])
+        if argv and argv[0] == "figure":
+            from isep.figures.cli import figure_main
+
+            return figure_main(argv[1:])
         if argv and argv[0] == "evaluate":
             from isep.checkpoint_eval import evaluate_main
 

@@ -670,7 +670,8 @@ def run_compare(args) -> str:
         raise
 
 
-def _run_compare(args, final_desc: str) -> str:
+def load(args) -> tuple[str, Collected, dict[str, str]]:
+    """(tracking URI, the collected runs, experiment id → name) for parsed `isep compare` args."""
     uri = resolve_tracking_uri(args.tracking_uri)
     from mlflow.exceptions import MlflowException
 
@@ -685,7 +686,7 @@ def _run_compare(args, final_desc: str) -> str:
             if args.filter:
                 raise CompareError(f"the filter {args.filter!r} matches no run in experiment(s): {scope}")
             raise CompareError(f"no runs in experiment(s): {scope} (tracking URI {uri})")
-        collected = collect(client, runs, exp_names, args)
+        return uri, collect(client, runs, exp_names, args), exp_names
     except MlflowException as err:
         raise CompareError(f"MLflow ({uri}): {err.message}") from None
     except CompareError:
@@ -694,6 +695,17 @@ def _run_compare(args, final_desc: str) -> str:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CompareError(f"cannot read the MLflow store {uri}: {type(err).__name__}: {first}") from None
 
+
+def load_groups(experiment: str, tracking_uri: str | None = None, metric: str = DEFAULT_METRIC,
+                final: str = "last") -> dict[GroupKey, Group]:
+    """The FINISHED runs of one experiment, grouped as `isep compare` groups them (for figures)."""
+    args = build_parser().parse_args(["--experiment", experiment, "--metric", metric, "--final", final]
+                                     + (["--tracking_uri", tracking_uri] if tracking_uri else []))
+    return make_groups(load(args)[1].results)
+
+
+def _run_compare(args, final_desc: str) -> str:
+    uri, collected, exp_names = load(args)
     groups = make_groups(collected.results)
     table, decimals = markdown_tables(groups, final_desc)
     best = best_lines(groups, decimals, args.metric)

@@ -1,0 +1,39 @@
+"""What the figures share: a run's policy from its checkpoint, and matplotlib's object API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from isep.errors import ConfigError
+
+
+def load_policy(run_dir: str | Path, device: str = "cpu"):
+    """The trained module of a run folder (its `checkpoints/last.ckpt`), in evaluation mode."""
+    from isep.module import ISEPModule
+
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(f"no checkpoint at {ckpt}: the figure needs the run's trained policy (was the run folder moved?)")
+    return ISEPModule.load_from_checkpoint(ckpt, map_location=device).eval()
+
+
+def run_dirs(groups, tracking_uri: str) -> dict:
+    """GroupKey → the run folders of its runs (the `run_dir` tag), seed order."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    out = {}
+    for key, group in groups.items():
+        runs = sorted(group.runs, key=lambda r: r.seed)
+        out[key] = [client.get_run(r.run_id).data.tags.get("run_dir") for r in runs]
+    return out
+
+
+def figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.6):
+    """A Figure with an Agg canvas and its axes grid (no pyplot, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)

@@ -1,0 +1,1 @@
+"""`isep sweep`: grids of `isep fit` runs on Ray Tune, resumable, recorded in one MLflow experiment."""

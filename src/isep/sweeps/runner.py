@@ -1,0 +1,266 @@
+"""`isep sweep`: a grid of `isep fit` runs on Ray Tune — one laptop or every GPU of a cluster.
+
+    isep sweep --config configs/walker_med.yaml --lam 0,0.1,0.2,0.3,0.5,0.7 --seeds 0-4
+    isep sweep --config configs/walker_med.yaml --lam 0,0.3 --seeds 0-4 --gpus_per_run 0.25
+    isep sweep ... --address auto            # join a running Ray cluster instead of starting one
+
+Each trial is an ordinary `isep fit` (its own config, run folder, checkpoints and MLflow run,
+tagged with the exact command). Before anything starts, every trial's config is checked as
+`isep fit` would check it. All runs go to one MLflow experiment (the sweep's name), nested under
+a parent run named for the sweep. Running the same command again skips finished trials (found in
+MLflow by `isep.trial`: dataset, settings, seed, length), resumes interrupted ones from their
+`last.ckpt`, and re-runs failed ones (a divergence, an error) only with `--retry_failed`. When the
+grid is done, the sweep prints the `isep compare` table and writes Figure 5 (score against λ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from isep.errors import ConfigError, ISEPError
+from isep.sweeps.grid import Grid, parse_grid
+from isep.sweeps.records import EARLY_STOP_TAG, SweepRecords, TrialRecord, absolute_uri
+
+ENV_FORWARD = ("MINARI_DATASETS_PATH", "MUJOCO_GL", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION")
+
+
+@dataclass
+class Trial:
+    """One `isep fit` of the grid and what the sweep will do with it."""
+
+    point: dict[str, str]
+    args: list[str]
+    key: str  # `isep.cli.trial_key` of its resolved config
+    evaluations: int  # rollout evaluations it will report (ASHA's time axis)
+    action: str = "start"  # start | resume | skip
+    note: str = ""
+
+    def label(self) -> str:
+        names = {"seed_everything": "seed"}
+        parts = [Path(self.point["config"]).stem] + [f"{names.get(k, k.split('.')[-1])}={v}"
+                                                      for k, v in self.point.items() if k != "config"]
+        return " ".join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isep sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Grid axes: --config a.yaml,b.yaml  --lam 0,0.3  --seeds 0-4  --policy_mix stochastic,deterministic  "
+               "--tasks ID,ID  and any --model.* / --data.* / --trainer.* / --evaluation.* field with comma-separated "
+               "values; a single value is a fixed override for every trial.")
+    parser.add_argument("--name", help="the sweep's name: its MLflow experiment and parent run (default: from the configs)")
+    parser.add_argument("--root", default="runs", help="run folders of the trials (`--trainer.default_root_dir`)")
+    parser.add_argument("--address", help="a running Ray cluster to join (`auto`, or host:port); default: start a local Ray")
+    parser.add_argument("--num_cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--num_gpus", type=int, help="GPUs of the local Ray (default: all)")
+    parser.add_argument("--cpus_per_run", type=float, default=1.0, help="CPUs reserved per trial (also its torch threads)")
+    parser.add_argument("--gpus_per_run", type=float, help="GPUs per trial, fractions share a GPU (default: 1 where GPUs exist, else 0)")
+    parser.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+                        help="fifo: every trial to the end (the paper); asha: stop weak trials early")
+    parser.add_argument("--retry_failed", action="store_true", help="run again the trials whose last run failed")
+    parser.add_argument("--dry_run", action="store_true", help="check the grid and print the plan; start nothing")
+    parser.add_argument("--out", help="folder for the compare table and Figure 5 (default: outputs/sweeps/<name>)")
+    parser.add_argument("--mlflow.tracking_uri", dest="tracking_uri", help="MLflow store (default as `isep fit`)")
+    return parser
+
+
+def sweep_name(grid: Grid) -> str:
+    stems = sorted({Path(c).stem for c in grid.configs})
+    return "sweep-" + "+".join(stems)
+
+
+def plan_trials(grid: Grid, bookkeeping: list[str]) -> list[Trial]:
+    """Every grid point as a checked `isep fit`: configs resolved once per point up to its seed."""
+    import copy
+
+    from isep.cli import resolve_fit_config, trial_key
+
+    trials, resolved = [], {}
+    for point in grid.points():
+        args = grid.fit_args(point) + bookkeeping
+        seedless = tuple(sorted((k, v) for k, v in point.items() if k != "seed_everything"))
+        if seedless not in resolved:
+            try:
+                resolved[seedless] = resolve_fit_config(args)
+            except ISEPError as err:
+                raise ConfigError(f"trial {Trial(point, args, '', 0).label()}: {err}") from None
+        config = copy.deepcopy(resolved[seedless])
+        if "seed_everything" in point:
+            config["seed_everything"] = int(point["seed_everything"])
+        every = (config.get("evaluation") or {}).get("every") or 0
+        epochs = (config.get("trainer") or {}).get("max_epochs") or 0
+        trials.append(Trial(point, args, trial_key(config), max(1, epochs // every) if every else 1))
+    keys = [t.key for t in trials]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("two grid points resolve to the same run (an axis changes nothing that defines a run)")
+    if len({t.label() for t in trials}) != len(trials):
+        raise ConfigError("two configs of the sweep share a file name: give each task's config its own name")
+    return trials
+
+
+def decide(trials: list[Trial], records: dict[str, TrialRecord], retry_failed: bool) -> None:
+    """What each trial needs: skip (finished, failed without --retry_failed), resume, or start."""
+    for trial in trials:
+        record = records.get(trial.key)
+        if record is None:
+            continue
+        if record.status == "FINISHED" or record.early_stopped:
+            trial.action, trial.note = "skip", "finished" if not record.early_stopped else "stopped early by ASHA"
+        elif record.status == "FAILED" and not retry_failed:
+            reason = (record.reason or "").split(". ")[0]
+            trial.action, trial.note = "skip", f"failed ({reason[:120]}); --retry_failed runs it again"
+        elif record.status == "FAILED":
+            trial.note = "failed before; starting again"
+        else:  # RUNNING / KILLED / SCHEDULED: the sweep was stopped while it ran
+            trial.action, trial.note = "resume", "interrupted; resuming from its last checkpoint"
+            trial.args = [*trial.args, "--ckpt_path", "last"]
+
+
+def check_address(address: str) -> None:
+    """Fail at once, with the fix, when a host:port cluster address cannot be reached."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot reach a Ray cluster at {address} ({err}); start one (`ray start --head`) "
+                          "or leave out --address to run a local Ray") from None
+
+
+def start_ray(args, env: dict[str, str]):
+    import ray
+
+    runtime_env = {"env_vars": env}
+    try:
+        if args.address:
+            ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, runtime_env=runtime_env, include_dashboard=False)
+    except ConnectionError as err:
+        raise ConfigError(f"cannot join the Ray cluster at {args.address}: {err}") from None
+    return ray
+
+
+def run_grid(trials: list[Trial], args, name: str, threads: int, gpus: float) -> list[tuple[Trial, str]]:
+    """Run the trials to do on Tune; returns (trial, error) for those that failed."""
+    from ray import tune
+
+    from isep.sweeps.trial import run_trial
+
+    todo = [t for t in trials if t.action != "skip"]
+    scheduler = None
+    if args.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        horizon = max(t.evaluations for t in todo)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=horizon, grace_period=max(1, horizon // 8),
+                                  reduction_factor=3)
+    by_label = {t.label(): t for t in todo}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, trials={k: t.args for k, t in by_label.items()}),
+                                    {"cpu": args.cpus_per_run, "gpu": gpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(list(by_label)), "threads": threads},
+        tune_config=tune.TuneConfig(scheduler=scheduler, metric="eval/score", mode="max", reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(Path(args.root).resolve() / "_tune"), verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    results = tuner.fit()
+    failed = []
+    for result in results:
+        trial = by_label[result.config["trial"]]
+        if result.error is not None:
+            failed.append((trial, str(result.error).strip().splitlines()[-1][:300]))
+        elif args.scheduler == "asha" and result.metrics.get("training_iteration", 0) < trial.evaluations:
+            trial.note = "stopped early by ASHA"
+    return failed
+
+
+def summarise(name: str, uri: str, out: Path) -> str:
+    """The `isep compare` table of the sweep's experiment; writes Figure 5 (and the compare files) to `out`."""
+    from isep.compare import compare_main
+
+    code = compare_main(["--experiment", name, "--out", str(out), "--tracking_uri", uri])
+    if code != 0:
+        return "(no table: `isep compare` found nothing to compare)"
+    figure = out / "figure5.png"
+    if (out / "score_vs_lambda.png").is_file():
+        figure.write_bytes((out / "score_vs_lambda.png").read_bytes())
+    return str(figure)
+
+
+def sweep_main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args, grid_options = parser.parse_known_args(argv)
+    grid = parse_grid(grid_options)
+    name = args.name or sweep_name(grid)
+    from isep.callbacks.tracking import tracking_uri
+
+    uri = absolute_uri(tracking_uri(args.tracking_uri))
+    root = Path(args.root).resolve()
+    bookkeeping = ["--trainer.default_root_dir", str(root), "--mlflow.experiment", name, "--mlflow.tracking_uri", uri,
+                   "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    if args.cpus_per_run <= 0 or (args.gpus_per_run is not None and args.gpus_per_run < 0):
+        raise ConfigError("--cpus_per_run must be > 0 and --gpus_per_run ≥ 0")
+
+    if args.address:
+        check_address(args.address)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ConfigError("`isep sweep` runs on Ray Tune: pip install -e '.[sweep]'") from None
+    started = time.perf_counter()
+    trials = plan_trials(grid, bookkeeping)  # every config checked before anything starts
+    records = SweepRecords(uri, name)  # creates the store before any trial opens it
+    decide(trials, records.trials(), args.retry_failed)
+    todo = [t for t in trials if t.action != "skip"]
+    print(f"isep sweep {name}: {len(trials)} trials, {len(todo)} to run "
+          f"({sum(t.action == 'resume' for t in trials)} to resume), MLflow {uri}, runs in {root}", flush=True)
+    for trial in trials:
+        print(f"  {trial.action:6} {trial.label()}" + (f"  [{trial.note}]" if trial.note else ""), flush=True)
+    if args.dry_run:
+        return 0
+
+    parent = records.parent_run({"configs": ",".join(grid.configs), **{f"axis.{k}": ",".join(v) for k, v in grid.axes.items()},
+                                 **{f"fixed.{k}": v for k, v in grid.fixed.items()}})
+    for trial in todo:
+        trial.args += ["--mlflow.parent_run_id", parent]
+    failed: list[tuple[Trial, str]] = []
+    if todo:
+        for trial in todo:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
+            record = records.trials().get(trial.key)
+            if trial.action == "resume" and record and not (Path(record.run_dir or "") / "checkpoints" / "last.ckpt").is_file():
+                records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
+        env = {k: str(Path(os.environ[k]).resolve()) if k == "MINARI_DATASETS_PATH" else os.environ[k]
+               for k in ENV_FORWARD if k in os.environ}
+        ray = start_ray(args, env)
+        gpus = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
+        threads = max(1, int(args.cpus_per_run))
+        try:
+            failed = run_grid(trials, args, name, threads, gpus)
+        finally:
+            ray.shutdown()
+        current = records.trials()
+        for trial in todo:
+            record = current.get(trial.key)
+            if trial.note == "stopped early by ASHA" and record:
+                records.mark(record.run_id, "KILLED", **{EARLY_STOP_TAG: "true"})
+    records.mark(parent, "FINISHED", **{"isep.failed_trials": str(len(failed))})
+    out = Path(args.out or Path("outputs") / "sweeps" / name)
+    figure = summarise(name, uri, out)
+    for trial, error in failed:
+        print(f"failed: {trial.label()}: {error}", file=sys.stderr)
+    print(f"isep sweep {name}: done in {time.perf_counter() - started:.0f} s; {len(failed)} failed; Figure 5: {figure}")
+    return 0
