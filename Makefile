@@ -5,7 +5,7 @@ ISEP   := $(VENV)/bin/isep
 # The CPU wheel on this machine's disk; a looser pin pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all bench configs clean
+.PHONY: install demo test test-all bench configs figures clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,14 @@ test: install          ## the default suite (CPU, < 10 minutes on 2 cores); CI r
 test-all: install      ## also the long checks marked `slow`
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: install         ## throughput of the update, with and without Lightning; JSON + Markdown in bench-results/
+bench: install         ## updates/s vs a CORL-style step, eager/fast, loop/fit, stacked runs; JSON + Markdown in bench-results/
 	$(PY) benchmarks/throughput.py --out bench-results
+
+figures: install       ## Figures 2, 5, 6, 7 (sweeps on ../shared/data/minari and the toy bandit) → outputs/figures/
+	MPLBACKEND=Agg $(ISEP) figure fig2
+	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig5 --spec configs/figures/fig5_local.yaml
+	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig6 --spec configs/figures/fig6_local.yaml
+	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig7 --spec configs/figures/fig7_local.yaml
 
 configs: install       ## regenerate configs/*.yaml from the Appendix C tables in configs/generate.py
 	$(PY) configs/generate.py

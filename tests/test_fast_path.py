@@ -25,18 +25,8 @@ VARIANTS = {
 
 
 def small_buffer(n: int = 500, seed: int = 0) -> TransitionBuffer:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
-    data = Transitions(
-        observations=obs,
-        actions=rng.uniform(-0.9, 0.9, size=(n, ACT_DIM)).astype(np.float32),
-        rewards=rng.normal(size=n).astype(np.float32),
-        next_observations=np.roll(obs, -1, 0),
-        terminals=(rng.uniform(size=n) < 0.1).astype(np.float32),
-        timeouts=np.zeros(n, bool),
-        episode_returns=np.zeros(1),
-    )
-    return TransitionBuffer.from_transitions(data)
+    return TransitionBuffer.from_transitions(Transitions.random(n, OBS_DIM, ACT_DIM, seed, terminal_prob=0.1,
+                                                                action_bound=0.9))
 
 
 def ready_module(variant: str, fast: bool, **kw):
@@ -113,23 +103,25 @@ def test_mode_choice():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("variant", ["gaussian", "flow"])
 def test_cuda_graph_replays_the_eager_update(variant):
-    eager = ready_module(variant, fast=False).cuda()
-    graph = ready_module(variant, fast=True).cuda()
-    for m in (eager, graph):
-        m.configure_optimizers()
-        m.attach_data(TransitionBuffer(**{k: v.cuda() for k, v in vars(small_buffer()).items()}), 16)
-    step_e, step_g = eager.step_function(), graph.step_function()
+    modules = {}
+    for fast in (False, True):
+        module = ready_module(variant, fast=fast).cuda()
+        module.configure_optimizers()
+        module.attach_data(TransitionBuffer(**{k: v.cuda() for k, v in vars(small_buffer()).items()}), 16)
+        modules[fast] = module
+    step_e, step_g = modules[False].step_function(), modules[True].step_function()
     assert isinstance(step_g, AcceleratedStep) and step_g.mode == "graph"
-    torch.cuda.set_sync_debug_mode("error")
+    step_e()  # first call: allocations, nothing to check
+    torch.cuda.set_sync_debug_mode("error")  # any device → host synchronisation raises
     try:
-        for _ in range(8):  # 3 warm-up updates, the capture, then replays
-            step_g()
+        for _ in range(7):
+            step_e()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    for _ in range(8):  # 3 warm-up updates, the capture, then replays
+        step_g()
     assert step_g.captured
-    for _ in range(8):
-        step_e()
-    a, b = state_tensors(eager), state_tensors(graph)
+    a, b = state_tensors(modules[False]), state_tensors(modules[True])
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 

@@ -237,3 +237,18 @@ def test_figure_6_tsne_on_a_small_sweep(use_store, workdir):
     assert (workdir / "outputs" / "figures" / "fig6.png").read_bytes()[:4] == b"\x89PNG"
     numbers = json.loads((workdir / "outputs" / "figures" / "fig6.json").read_text())
     assert len(numbers) == 2 and all(v["mean_distance_to_dataset_action"] > 0 for v in numbers.values())
+
+
+def test_a_stacked_sweep_trains_the_grid_in_one_trial(workdir):
+    grid = ["--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), "--lam", "0,0.3", "--seeds", "0-1",
+            "--name", "stacked", *TOY, *RAY, "--stack", "4"]
+    done = sweep(workdir, *grid)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 trials, 4 to run (0 to resume) in 1 stacked trials" in done.stdout
+    trials = [r for r in runs_of(workdir, "stacked") if "isep.trial" in r.data.tags]
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    assert len({r.data.tags["isep.stack"] for r in trials}) == 1
+    assert sorted(r.data.tags["isep.stack_index"] for r in trials) == ["0", "1", "2", "3"]
+    # the same grid without stacking finds every point finished
+    again = sweep(workdir, *grid[:-2], "--dry_run")
+    assert "4 trials, 0 to run" in again.stdout

@@ -31,19 +31,31 @@ def parse_floats(text: str, name: str) -> list[float]:
     return values
 
 
-def locate(ckpt: str) -> tuple[Path, Path]:
-    """(checkpoint file, run folder) from a checkpoint path or a run folder."""
+def locate(ckpt: str, run: int | None) -> tuple[Path, Path, int | None]:
+    """(checkpoint file, the run's folder, its index in a stack) from a checkpoint, a run folder,
+    or a stacked run's folder (which names its stack's checkpoint and its index)."""
+    from isep.runs import stack_member
+
     path = Path(ckpt)
-    if path.is_dir():
+    member = stack_member(path) if path.is_dir() else None
+    if member is not None:
+        if run is not None and run != member[1]:
+            raise ConfigError(f"{path} is run {member[1]} of its stack; --run {run} names another")
+        path, run = member[0], member[1]
+    elif path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}: pass a .ckpt file or a run folder holding checkpoints/last.ckpt")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return path, run_dir
+    stack_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if run is None:
+        return path, stack_dir, None
+    members = sorted(p for p in stack_dir.glob(f"run{run}-*") if stack_member(p))
+    return path, (members[0] if members else stack_dir), run
 
 
-def load_run(ckpt: Path, run_dir: Path, device: str):
-    """The module of a checkpoint and the data settings of its run (from the run's config.yaml)."""
+def load_run(ckpt: Path, run_dir: Path, device: str, run: int | None = None):
+    """The module of a checkpoint (run `run` of a stacked one) and the data settings of its run
+    (from the run's config.yaml)."""
     import torch
     import yaml
 
@@ -57,6 +69,14 @@ def load_run(ckpt: Path, run_dir: Path, device: str):
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: `isep evaluate` reads the run's dataset from it")
     config = yaml.safe_load(config_file.read_text()) or {}
+    if module.runs > 1:
+        if run is None:
+            raise ConfigError(f"{ckpt} holds {module.runs} stacked runs: pass --run K (0..{module.runs - 1}) "
+                              "or the run's own folder")
+        try:
+            module = module.select_run(run)
+        except IndexError as err:
+            raise ConfigError(str(err)) from None
     module.eval()
     step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
     return module, config, step
@@ -90,10 +110,10 @@ def evaluate_weights(module, config: dict, weights: list[float | None], episodes
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             if dm.toy is not None:
-                reward = toy_expected_reward(module, dm.toy, guidance=w)
+                reward = toy_expected_reward(module, dm.toy, guidance=w, generators=module.generators(seed))[0]
                 metrics, record = {"eval/expected_reward": reward, "eval/score": reward}, {}
             else:
-                metrics, record = evaluation.rollouts(module, dm.ref_scores)
+                metrics, record = evaluation.rollouts(module, dm.ref_scores)[0]
         used = w if w is not None else float(module.guidance.flatten()[0])
         records.append({"guidance": used, **metrics, "seconds": time.perf_counter() - start,
                         **{k: v for k, v in record.items() if k in ("returns", "seeds")}})
@@ -145,6 +165,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="isep evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint (.ckpt) or a run folder (uses checkpoints/last.ckpt)")
+    parser.add_argument("--run", type=int, help="which run of a stacked checkpoint (its index in the stack)")
     parser.add_argument("--guidance", help="comma-separated guidance weights w (flow actor); default: the trained w")
     parser.add_argument("--episodes", type=int, help="episodes per weight (default: the task's, 20 on Gym-MuJoCo)")
     parser.add_argument("--num_envs", type=int, default=10)
@@ -156,11 +177,11 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not write to the run's MLflow record")
     args = parser.parse_args(argv)
 
-    ckpt, run_dir = locate(args.ckpt_path)
+    ckpt, run_dir, run = locate(args.ckpt_path, args.run)
     weights: list[float | None] = parse_floats(args.guidance, "guidance") if args.guidance else [None]
     if any(w is not None and w < 0 for w in weights):
         raise ConfigError(f"guidance weights must be ≥ 0, got {args.guidance}")
-    module, config, step = load_run(ckpt, run_dir, args.device)
+    module, config, step = load_run(ckpt, run_dir, args.device, run)
     if module.actor_kind != "flow" and args.guidance:
         raise ConfigError("--guidance applies to the flow actor (ISEP-FM); this checkpoint has a Gaussian actor "
                           "(evaluate it without --guidance)")
@@ -169,7 +190,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     with open(run_dir / "guidance_eval.jsonl", "a") as f:
         for r in records:
             f.write(json.dumps({"checkpoint": str(ckpt), "step": step, **r}) + "\n")
-    print(f"{ckpt} (step {step})")
+    print(f"{ckpt}{'' if run is None else f' run {run}'} (step {step})")
     print(format_table(records))
     if args.mlflow:
         run_id = log_to_mlflow(run_dir, records, step, args.tracking_uri)

@@ -12,15 +12,25 @@ replaced), holding `config.yaml`, `checkpoints/last.ckpt`, the best checkpoint, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from isep.errors import ConfigError, ISEPError
+from isep.runs import (
+    STACK_FIELDS,
+    STACK_FILE,
+    choose_run_dir,
+    expand_stack,
+    flat,
+    per_run_configs,
+    run_key,
+    run_name,
+    run_seed,
+    trial_key,
+)
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -29,63 +39,6 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 1,
 }
 RUN_ID_FILE = "mlflow_run_id"
-HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
-
-
-def _flat(prefix: str, value) -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return {prefix: value}
-
-
-def run_seed(config: dict):
-    """The run's seed: `model.seed` when set, else `seed_everything` (the module's default)."""
-    model = config.get("model") or {}
-    return model.get("seed") if model.get("seed") is not None else config.get("seed_everything")
-
-
-def trial_key(config: dict) -> str:
-    """What makes two runs the same experiment: the run key (dataset, model and data settings,
-    seed) and the training length. Tagged `isep.trial` on each MLflow run; sweeps find finished
-    trials by it."""
-    trainer = config.get("trainer") or {}
-    return f"{run_key(config)}|epochs={trainer.get('max_epochs')}|steps={trainer.get('max_steps')}"
-
-
-def run_key(config: dict) -> str:
-    """The run's folder name below the root: dataset, then actor, λ, mix, seed and a config hash."""
-    model, data = config.get("model") or {}, config.get("data") or {}
-    settings = {k: v for k, v in _flat("", {"model": model, "data": data}).items() if k not in HASH_EXCLUDE}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    dataset = data.get("dataset", "dataset")
-    dataset = "+".join(dataset) if isinstance(dataset, list) else str(dataset)
-    slug = re.sub(r"[^\w.+-]+", "_", dataset.replace("/", "__"))
-    return (
-        f"{slug}/{model.get('actor', 'flow')}-lam{model.get('lam', 0.0)}-{model.get('policy_mix', 'stochastic')}"
-        f"-seed{run_seed(config)}-{digest}"
-    )
-
-
-def _used(folder: Path) -> bool:
-    """A folder holds a run once it has a checkpoint or an evaluation record."""
-    ckpts = folder / "checkpoints"
-    return (ckpts.is_dir() and any(ckpts.iterdir())) or (folder / "eval_returns.jsonl").is_file()
-
-
-def choose_run_dir(base: Path, resume: bool) -> Path:
-    """The run folder: `base`, or `base.1`, `base.2`, … so that nothing on disk is ever replaced.
-
-    A fresh run takes the first folder without checkpoints; a resumed one (`--ckpt_path last`)
-    the newest folder holding a `last.ckpt`.
-    """
-    folders = [base] + [base.with_name(f"{base.name}.{i}") for i in range(1, 1000)]
-    if resume:
-        existing = [f for f in folders if (f / "checkpoints" / "last.ckpt").is_file()]
-        return existing[-1] if existing else base
-    return next(f for f in folders if not _used(f))
 
 
 def _check_writable(folder: Path) -> None:
@@ -117,14 +70,15 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
     `check_only`: parse and validate the config and build the model and data module (which check
     their values and find the dataset), but create no run folder, logger or trainer.
     """
+    import yaml
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
     from isep.callbacks.checkpoint import BestCheckpoint, LastCheckpoint
     from isep.callbacks.evaluation import RolloutEvaluation
     from isep.callbacks.tracking import MLflowRunRecord, git_commit, make_mlflow_logger
     from isep.data.datamodule import D4RLDataModule
-    from isep.module import ISEPModule
+    from isep.module import ISEPModule, RunRoutes
 
     class SaveRunConfig(SaveConfigCallback):
         """Writes the resolved config into the run folder and, with MLflow, as an artifact + params."""
@@ -134,11 +88,19 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
                 return
             path = Path(trainer.default_root_dir) / "config.yaml"
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
-            flat = {k: str(v)[:500] for k, v in _flat("", self.config.as_dict()).items() if k != "config"}
-            for logger in trainer.loggers:
-                if type(logger).__name__ == "MLFlowLogger":
-                    log_run_params(logger, flat)
-                    logger.experiment.log_artifact(logger.run_id, str(path))
+            configs = per_run_configs(self.config.as_dict())
+            routes = pl_module.routes
+            for run, config in enumerate(configs):
+                folder = routes.folders[run] if routes else Path(trainer.default_root_dir)
+                run_file = path
+                if len(configs) > 1:  # each run's own config: what it would have been alone
+                    run_file = folder / "config.yaml"
+                    run_file.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False))
+                params = {k: str(v)[:500] for k, v in flat("", config).items() if k != "config"}
+                for logger in (routes.loggers[run] if routes else trainer.loggers):
+                    if isinstance(logger, MLFlowLogger):
+                        log_run_params(logger, params)
+                        logger.experiment.log_artifact(logger.run_id, str(run_file))
 
     class ISEPCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -153,11 +115,18 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
                                 help="MLflow experiment (default: the dataset's name)")
             parser.add_argument("--mlflow.parent_run_id", type=str | None, default=None,
                                 help="nest this run under an MLflow run (a sweep's parent run)")
+            for field in STACK_FIELDS:
+                parser.add_argument(f"--stack.{field}", type=str | list | None, default=None,
+                                    help=f"train a grid of runs stacked in one model: values of model.{field} "
+                                    "(comma-separated; the grid is the product of the --stack.* axes)")
 
         def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            stacked = expand_stack(cfg.get("stack", {}).as_dict() if cfg.get("stack") else None, cfg.model.as_dict())
+            for field, values in stacked.items():
+                setattr(cfg.model, field, values)
             if check_only:
                 return
-            cfg = self.config[self.subcommand] if self.subcommand else self.config
             plain = cfg.as_dict()
             base = Path(plain["trainer"].get("default_root_dir") or "runs") / run_key(plain)
             self.run_dir = choose_run_dir(base, resume=cfg.get("ckpt_path") == "last" or self.subcommand != "fit")
@@ -192,17 +161,36 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
             configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
             configured = configured if isinstance(configured, list) else [configured]
             kwargs["callbacks"] = callbacks + configured + list(kwargs.get("callbacks") or [])
+            routes = None
             if plain["trainer"].get("logger") in (None, True):
-                loggers = [CSVLogger(self.run_dir, name="csv")]
-                if plain["mlflow"]["enabled"] and self.subcommand == "fit":
-                    loggers.insert(0, self._mlflow_logger(plain))
-                kwargs["logger"] = loggers
-            return super().instantiate_trainer(**kwargs)
+                routes = self._run_routes(plain)
+                kwargs["logger"] = [lg for loggers in routes.loggers for lg in loggers]
+            trainer = super().instantiate_trainer(**kwargs)
+            self.model.routes = routes
+            return trainer
 
-        def _mlflow_logger(self, plain: dict):
+        def _run_routes(self, plain: dict) -> RunRoutes:
+            """Each run's folder and loggers (CSV, and MLflow when fitting): a stack's runs each get
+            a sub-folder and an MLflow run of their own, as if they had been run alone."""
+            configs = per_run_configs(plain)
+            stacked = len(configs) > 1
+            folders, loggers = [], []
+            for index, config in enumerate(configs):
+                folder = self.run_dir / f"run{index}-{run_name(config)}" if stacked else self.run_dir
+                if stacked and self.subcommand == "fit":
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / STACK_FILE).write_text(json.dumps({"checkpoint": "../checkpoints/last.ckpt", "index": index}))
+                run_loggers = [CSVLogger(folder, name="csv")]
+                if plain["mlflow"]["enabled"] and self.subcommand == "fit":
+                    run_loggers.insert(0, self._mlflow_logger(config, folder, index if stacked else None))
+                folders.append(folder)
+                loggers.append(run_loggers)
+            return RunRoutes(loggers, folders)
+
+        def _mlflow_logger(self, plain: dict, folder: Path, stack_index: int | None):
             model, data = plain["model"], plain["data"]
             dataset = data["dataset"] if isinstance(data["dataset"], str) else "+".join(data["dataset"])
-            id_file = self.run_dir / RUN_ID_FILE
+            id_file = folder / RUN_ID_FILE
             run_id = id_file.read_text().strip() if (self.resuming and id_file.is_file()) else None
             tags = {
                 "task": dataset,
@@ -211,12 +199,15 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
                 "policy_mix": model["policy_mix"],
                 "seed": str(run_seed(plain)),
                 "git_commit": git_commit(),
-                "run_dir": str(self.run_dir),
+                "run_dir": str(folder),
                 "isep.trial": trial_key(plain),
             }
+            if stack_index is not None:
+                tags.update({"isep.stack": str(self.run_dir), "isep.stack_index": str(stack_index)})
             if plain["mlflow"].get("parent_run_id"):
                 tags["mlflow.parentRunId"] = plain["mlflow"]["parent_run_id"]
-            logger = make_mlflow_logger(plain["mlflow"]["experiment"] or dataset, self.run_dir.name,
+            name = folder.name if stack_index is None else f"{self.run_dir.name}/{folder.name}"
+            logger = make_mlflow_logger(plain["mlflow"]["experiment"] or dataset, name,
                                         plain["mlflow"]["tracking_uri"], tags, run_id)
             id_file.write_text(logger.run_id)
             return logger
@@ -276,38 +267,30 @@ def data_main(argv: Sequence[str]) -> int:
     return 0
 
 
+# `isep <command>` beside LightningCLI's fit/validate/test: module:function, imported on use (most
+# of them never import Lightning, ≈ 4.5 s).
+COMMANDS = {
+    "data": "isep.cli:data_main",
+    "compare": "isep.compare:compare_main",
+    "demo": "isep.demo:demo_main",
+    "sweep": "isep.sweeps.runner:sweep_main",
+    "figure": "isep.figures.cli:figure_main",
+    "evaluate": "isep.checkpoint_eval:evaluate_main",
+    "bench": "isep.bench.throughput:main",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `isep` console script."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     try:
-        if argv and argv[0] == "data":
-            return data_main(argv[1:])
-        if argv and argv[0] == "compare":
-            from isep.compare import compare_main
+        if argv and argv[0] in COMMANDS:
+            import importlib
 
-            return compare_main(argv[1:])
-        if argv and argv[0] == "demo":
-            from isep.demo import demo_main
-
-            return demo_main(argv[1:])
-        if argv and argv[0] == "sweep":
-            from isep.sweeps.runner import sweep_main
-
-            return sweep_main(argv[1:])
-        if argv and argv[0] == "figure":
-            from isep.figures.cli import figure_main
-
-            return figure_main(argv[1:])
-        if argv and argv[0] == "evaluate":
-            from isep.checkpoint_eval import evaluate_main
-
-            return evaluate_main(argv[1:])
-        if argv and argv[0] == "bench":
-            from isep.bench.throughput import main as bench_main
-
-            return bench_main(argv[1:])
+            module, function = COMMANDS[argv[0]].split(":")
+            return getattr(importlib.import_module(module), function)(argv[1:])
         build_cli(None if from_sys else argv)
         return 0
     except ISEPError as err:

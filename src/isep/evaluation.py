@@ -130,44 +130,51 @@ def rollout(
     seed: int = 0,
     num_envs: int = 10,
     flatten: Callable[[object], np.ndarray] | None = None,
-) -> RolloutResult:
-    """Run `episodes` episodes with `num_envs` synchronous envs; episode i is reset with seed + i.
+    runs: int = 1,
+) -> list[RolloutResult]:
+    """`episodes` episodes for each of `runs` policies stepped together in one vector of
+    runs × num_envs synchronous envs (run-major); every run's episode i is reset with seed + i,
+    as it would be alone. `policy` maps the stacked observations (runs · num_envs, S) to actions.
 
     Episodes run in waves; an env that finished keeps stepping (autoreset) with its reward masked.
     """
     import gymnasium as gym
 
     flatten = flatten or (lambda o: np.asarray(o, dtype=np.float32))
-    returns, lengths, seeds = [], [], []
+    returns = [[] for _ in range(runs)]
+    lengths = [[] for _ in range(runs)]
+    seeds: list[int] = []
     n_envs = max(1, min(num_envs, episodes))
-    envs = gym.vector.SyncVectorEnv([env_fn for _ in range(n_envs)])
+    envs = gym.vector.SyncVectorEnv([env_fn for _ in range(runs * n_envs)])
     try:
         done_eps = 0
         while done_eps < episodes:
             wave = min(n_envs, episodes - done_eps)
             wave_seeds = [seed + done_eps + i for i in range(n_envs)]
-            obs, _ = envs.reset(seed=wave_seeds)
-            ret = np.zeros(n_envs)
-            length = np.zeros(n_envs, dtype=np.int64)
-            active = np.zeros(n_envs, dtype=bool)
-            active[:wave] = True
+            obs, _ = envs.reset(seed=wave_seeds * runs)
+            ret = np.zeros(runs * n_envs)
+            length = np.zeros(runs * n_envs, dtype=np.int64)
+            active = np.tile(np.arange(n_envs) < wave, runs)
             while active.any():
                 actions = policy(flatten(obs))
                 obs, rew, term, trunc, _ = envs.step(actions)
                 ret += np.where(active, rew, 0.0)
                 length += active
                 active &= ~(term | trunc)
-            returns += ret[:wave].tolist()
-            lengths += length[:wave].tolist()
+            for r in range(runs):
+                returns[r] += ret[r * n_envs : r * n_envs + wave].tolist()
+                lengths[r] += length[r * n_envs : r * n_envs + wave].tolist()
             seeds += wave_seeds[:wave]
             done_eps += wave
     finally:
         envs.close()
-    return RolloutResult(np.asarray(returns), np.asarray(lengths), seeds)
+    return [RolloutResult(np.asarray(returns[r]), np.asarray(lengths[r]), list(seeds)) for r in range(runs)]
 
 
-def toy_expected_reward(model, bandit, n: int = 1000, guidance: float | None = None) -> float:
-    """Expected reward of `n` policy samples on a toy bandit (its exact reward function)."""
-    obs = torch.zeros(n, 1)
-    actions = model.act(obs, guidance=guidance, stochastic=True).cpu()
-    return float(bandit.reward(actions).mean())
+def toy_expected_reward(model, bandit, n: int = 1000, guidance: float | None = None,
+                        generators: list[torch.Generator] | None = None) -> list[float]:
+    """Expected reward of `n` policy samples on a toy bandit (its exact reward function), per run."""
+    runs = getattr(model, "runs", 1)
+    obs = torch.zeros(n, 1) if runs == 1 else torch.zeros(runs, n, 1)
+    actions = model.act(obs, guidance=guidance, stochastic=True, generators=generators).cpu().reshape(runs, n, -1)
+    return [float(r) for r in bandit.reward(actions).mean(-1)]

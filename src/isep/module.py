@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import lightning as L
@@ -33,6 +35,16 @@ from isep.optim import StackedAdam
 from isep.rng import Draws, Stream, run_keys
 
 Info = dict[str, torch.Tensor]
+PER_RUN_BUFFERS = ("lam", "expectile", "beta", "guidance", "deterministic", "keys", "active")
+PER_RUN_HPARAMS = ("lam", "expectile", "beta", "guidance", "policy_mix", "seed")
+
+
+@dataclass
+class RunRoutes:
+    """Where each run of a module writes: its loggers and its folder (one run: the Trainer's)."""
+
+    loggers: list[list]
+    folders: list[Path]
 VALIDATION_UPDATE = 2**31  # the update number that keys validation draws (never a training one)
 GRAPH_UPDATES_PER_CALL = 10  # a captured update is faster than one Lightning step (~0.1 ms)
 
@@ -153,7 +165,9 @@ class ISEPModule(L.LightningModule):
         if seed is None:
             seed = torch.initial_seed()
         seeds = [int(s) for s in _per_run("seed", seed, runs)]
-        self.save_hyperparameters()
+        # The CLI logs the whole resolved config to each run's record (with its section prefixes);
+        # Lightning's own copy of the stacked hparams would be a second, differently shaped one.
+        self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
 
         # Static structure (Python values: what the compiled update specialises on).
@@ -204,6 +218,7 @@ class ISEPModule(L.LightningModule):
         self._step_fn: AcceleratedStep | None = None
         self._metric_count = 0
         self.failures: dict[int, str] = {}  # run → why it was frozen
+        self.routes: RunRoutes | None = None  # each run's loggers and folder (set by the CLI)
         self._val_infos: list[Info] = []
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -297,13 +312,17 @@ class ISEPModule(L.LightningModule):
             return guided_sample(self.actor, obs, self.flow_steps, self.guidance, noise, self.action_low, self.action_high)
 
     @torch.no_grad()
-    def act(self, observations: Any, guidance: float | None = None, stochastic: bool = False) -> torch.Tensor:
+    def act(
+        self, observations: Any, guidance: float | None = None, stochastic: bool = False,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
         """Actions for raw (unnormalized) observations, batched, clipped to the action bounds.
 
         One run: observations (..., S) → actions (..., A). A stack of R runs: (R, N, S) → (R, N, A),
         row r acted on by run r. Gaussian actor: the mean (IQL evaluates deterministically), or a
         draw with `stochastic`. Flow actor: a guided sample (Eq. 7) with `guidance` (the trained w
-        of each run by default).
+        of each run by default). Noise comes from `generators` (one per run, on this device: a
+        run's actions then do not depend on the other runs of its stack), else torch's generator.
         """
         obs = observations if torch.is_tensor(observations) else torch.as_tensor(np.asarray(observations))
         obs = obs.to(self.device, torch.float32)
@@ -313,13 +332,22 @@ class ISEPModule(L.LightningModule):
         elif obs.dim() != 3 or obs.shape[0] != self.runs:
             raise ValueError(f"a stack of {self.runs} runs acts on observations of shape ({self.runs}, N, S), got {tuple(obs.shape)}")
         obs = (obs - self.obs_mean) / self.obs_std
+        act_dim = self.hparams.act_dim
+        noise = None
+        if generators is not None and (stochastic or self.actor_kind == "flow"):
+            noise = torch.stack([torch.randn(obs.shape[1], act_dim, device=self.device, generator=g) for g in generators])
         if self.actor_kind == "gaussian":
-            a = self.actor.sample(obs) if stochastic else self.actor.mode(obs)
+            a = self.actor.sample(obs, noise) if stochastic else self.actor.mode(obs)
         else:
             w = self.guidance if guidance is None else guidance
-            a = guided_sample(self.actor, obs, self.flow_steps, w)
+            a = guided_sample(self.actor, obs, self.flow_steps, w, noise)
         a = torch.maximum(torch.minimum(a, self.action_high), self.action_low)
         return a.reshape(*lead, a.shape[-1]) if self.runs == 1 else a
+
+    def generators(self, seed: int) -> list[torch.Generator]:
+        """One generator per run, all seeded with `seed` on this device: the noise a run draws in
+        evaluation is the noise it would draw alone."""
+        return [torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.runs)]
 
     # -- losses (one per network; each returns (per-run loss (R,), info of (R,) tensors)) --------
 
@@ -380,10 +408,14 @@ class ISEPModule(L.LightningModule):
             a_bar = losses.interpolate_actions(act, a_pi, self.lam.unsqueeze(-1))
             picked["deterministic"] = (a_bar, self._clip_q(self.target_critic.min(obs, a_bar)))
         if len(picked) == 1:
-            return next(iter(picked.values()))
-        (a_s, q_s), (a_d, q_d) = picked["stochastic"], picked["deterministic"]
-        det = self.deterministic
-        return torch.where(det.unsqueeze(-1), a_d, a_s), torch.where(det, q_d, q_s)
+            targets, q_targets = next(iter(picked.values()))
+        else:
+            (a_s, q_s), (a_d, q_d) = picked["stochastic"], picked["deterministic"]
+            det = self.deterministic
+            targets, q_targets = torch.where(det.unsqueeze(-1), a_d, a_s), torch.where(det, q_d, q_s)
+        # A λ = 0 run of a stack trains on the data exactly as it would alone (no clip of Q̂(s, a)).
+        data_only = self.lam == 0
+        return torch.where(data_only.unsqueeze(-1), act, targets), torch.where(data_only, q_data, q_targets)
 
     def critic_loss(self, batch: dict) -> tuple[torch.Tensor, Info]:
         """Eq. 3: Bellman regression of both twins on the online V(s')."""
@@ -534,10 +566,23 @@ class ISEPModule(L.LightningModule):
             raise DivergenceError(message + " The last checkpoint before this step is kept.")
         self.failures[run] = f"run {run} (seed {self.seeds[run]}): {message}"
         self.active[run] = False
+        self._report_failures()
         if self._step_fn is not None:
             self._step_fn.reset()  # the step now masks the frozen run: capture it again
         if len(self.failures) == self.runs:
             raise DivergenceError("every run of the stack diverged: " + " | ".join(self.failures.values()))
+
+    def _report_failures(self) -> None:
+        """Mark the frozen runs' records failed (their loggers that can: `RunLogger.fail`)."""
+        if self.routes is None:
+            return
+        for run, reason in self.failures.items():
+            for logger in self.routes.loggers[run]:
+                if hasattr(logger, "fail"):
+                    logger.fail(reason)
+
+    def on_fit_start(self) -> None:
+        self._report_failures()  # a resumed stack: its frozen runs stay failed
 
     def log_runs(self, per_run: list[dict[str, float]], step: int | None = None) -> None:
         """Send each run's metrics to its loggers (one run: every logger), at step = updates done.
@@ -545,12 +590,45 @@ class ISEPModule(L.LightningModule):
         Straight to the loggers: `self.log` would re-log stale step values on every later step
         and costs ~0.8 ms a call."""
         step = self.global_step if step is None else step
-        routes = getattr(self.trainer, "run_loggers", None) if self._trainer is not None else None
         for r, metrics in enumerate(per_run):
             if r in self.failures and self.runs > 1:
                 continue
-            for logger in (routes[r] if routes else self.loggers):
+            for logger in (self.routes.loggers[r] if self.routes else self.loggers):
                 logger.log_metrics(metrics, step=step)
+
+    def run_folder(self, run: int) -> Path:
+        """The folder of run `run`'s records (evaluation returns, CSV): the run folder of a single
+        run, a sub-folder of the stack's folder for a stacked one."""
+        if self.routes is not None:
+            return self.routes.folders[run]
+        return Path(self.trainer.default_root_dir)
+
+    # -- one run out of a stack ---------------------------------------------------------------------
+
+    def select_run(self, run: int) -> "ISEPModule":
+        """Run `run` of the stack as a module of its own (R = 1): its hyper-parameters, weights,
+        targets, statistics and update count; what a separate run would have been."""
+        if not 0 <= run < self.runs:
+            raise IndexError(f"run {run} out of range: this module holds {self.runs} runs (0..{self.runs - 1})")
+        hparams = dict(self.hparams)
+        for name in PER_RUN_HPARAMS:
+            value = hparams.get(name)
+            hparams[name] = value[run] if isinstance(value, (list, tuple)) else value
+        hparams["seed"] = self.seeds[run]
+        single = ISEPModule(**hparams)
+        state = {}
+        for name, tensor in self.state_dict().items():
+            network = name.split(".")[0]
+            if network in ("critic", "target_critic"):
+                state[name] = tensor[2 * run : 2 * run + 2]
+            elif network in ("value", "actor") or name in PER_RUN_BUFFERS:
+                state[name] = tensor[run : run + 1]
+            else:
+                state[name] = tensor
+        single.load_state_dict(state)
+        if run in self.failures:
+            single.failures = {0: self.failures[run]}
+        return single.to(self.device)
 
     def on_train_epoch_end(self) -> None:
         self._flush_metrics()

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 OBS_DIM, ACT_DIM, BATCH = 17, 6, 256  # walker2d
@@ -42,20 +42,10 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def synthetic_walker(n: int = 100_000, seed: int = 0):
-    """Walker-shaped random transitions (the speed of an update does not depend on the values)."""
+    """Walker-shaped random transitions."""
     from isep.data.transitions import Transitions
 
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
-    return Transitions(
-        observations=obs,
-        actions=rng.uniform(-1, 1, size=(n, ACT_DIM)).astype(np.float32),
-        rewards=rng.normal(size=n).astype(np.float32),
-        next_observations=np.roll(obs, -1, 0),
-        terminals=(rng.uniform(size=n) < 0.001).astype(np.float32),
-        timeouts=np.zeros(n, bool),
-        episode_returns=np.zeros(1),
-    )
+    return Transitions.random(n, OBS_DIM, ACT_DIM, seed)
 
 
 def sync(device: str) -> None:
@@ -243,8 +233,55 @@ def bench_evaluation(actor: str, device: str, episodes: int = 10, steps: int = 2
     module = make_module(actor, 0.0, False, device)
     evaluation = RolloutEvaluation(episodes=episodes, num_envs=10, max_episode_steps=steps, env_id="HalfCheetah-v5")
     evaluation.prepare("HalfCheetah-v5", None, None, OBS_DIM, ACT_DIM)
-    metrics, _ = evaluation.rollouts(module, None)
+    (metrics, _), = evaluation.rollouts(module, None)
     return metrics["eval/env_steps_per_s"]
+
+
+def bench_stack(actor: str, runs: int, fast: bool, device: str, windows: int, quick: bool) -> dict:
+    """Aggregate updates/s (runs × updates/s) of `runs` runs stacked in one model, at the paper's λ."""
+    updates, warmup = plan(device, actor, PAPER[actor]["lam"], quick)
+    updates, warmup = max(2, updates // runs), max(2, warmup // max(1, runs // 4))
+    result = bench_plain(actor, PAPER[actor]["lam"], fast, device, updates, warmup, windows, runs=runs)
+    rate = statistics.median(result["rates"])
+    return {"device": device, "actor": actor, "lam": PAPER[actor]["lam"], "runs": runs, "mode": result["mode"],
+            "updates_per_s": round(rate, 2), "aggregate_updates_per_s": round(rate * runs, 1),
+            "setup_s": round(result["setup_s"], 1)}
+
+
+def process_worker(actor: str, lam: float, seconds: float, threads: int) -> None:
+    """One run's eager update in a loop for `seconds` after its warm-up; prints its updates/s."""
+    torch.set_num_threads(threads)
+    step = make_module(actor, lam, False, "cpu").step_function()
+    for _ in range(3):
+        step()
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        step()
+        done += 1
+    print(json.dumps({"updates_per_s": done / (time.perf_counter() - start)}), flush=True)
+
+
+def bench_processes(actor: str, n: int, seconds: float) -> dict:
+    """N separate one-thread processes of one run each, side by side on the CPU, against N runs
+    stacked in one process (all threads, eager both): aggregate updates/s of each."""
+    import subprocess
+    import sys
+
+    lam = PAPER[actor]["lam"]
+    code = (f"from isep.bench.throughput import process_worker; "
+            f"process_worker({actor!r}, {lam}, {seconds}, 1)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["updates_per_s"] for p in procs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        stacked = bench_stack(actor, n, False, "cpu", 3, quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    separate = sum(rates)
+    return {"device": "cpu", "actor": actor, "lam": lam, "runs": n, "processes_aggregate_updates_per_s": round(separate, 1),
+            "stacked_aggregate_updates_per_s": stacked["aggregate_updates_per_s"], "stacked_threads": os.cpu_count(),
+            "speedup": round(stacked["aggregate_updates_per_s"] / separate, 2)}
 
 
 def plan(device: str, actor: str, lam: float, quick: bool) -> tuple[int, int]:
@@ -260,10 +297,21 @@ def median(result: dict) -> float:
 
 
 def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool, kernels: bool,
-        evaluation: bool, log: Callable[[str], None] = print) -> dict:
-    rows, evals = [], []
+        evaluation: bool, stacks: Sequence[int] = (), processes: int = 0, updates: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """Every measurement for `devices` × `actors`: the update (`updates`), stacked runs (`stacks`),
+    N processes against N stacked runs (`processes`, CPU), evaluation speed (`evaluation`)."""
+    rows, evals, stacked, versus = [], [], [], []
     for device in devices:
         for actor in actors:
+            for runs in stacks:
+                stacked.append(bench_stack(actor, runs, True, device, windows, quick))
+                log(json.dumps(stacked[-1]))
+        if device == "cpu" and processes > 1:
+            for actor in actors:
+                versus.append(bench_processes(actor, processes, 10.0 if quick else 30.0))
+                log(json.dumps(versus[-1]))
+        for actor in actors if updates else ():
             for lam in (0.0, PAPER[actor]["lam"]):
                 updates, warmup = plan(device, actor, lam, quick)
                 args = (actor, lam, device, updates, warmup, windows)
@@ -295,7 +343,7 @@ def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool
                               "env": "HalfCheetah-v5", "num_envs": 10,
                               "env_steps_per_s": round(bench_evaluation(actor, device), 1)})
                 log(json.dumps(evals[-1]))
-    return {"rows": rows, "evaluation": evals}
+    return {"rows": rows, "evaluation": evals, "stacked": stacked, "processes": versus}
 
 
 def markdown(result: dict) -> str:
@@ -303,7 +351,7 @@ def markdown(result: dict) -> str:
         "| device | actor | λ | reference (CORL-style) | eager, loop | eager, `fit` | fit/loop time | fast, loop | "
         "fast, `fit` | fit/loop time | fast `fit` / reference | compile+capture s | kernels/update (ref → eager → fast) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    ] if result["rows"] else []
     for r in result["rows"]:
         k = r.get("kernels_per_update", {})
         kernels = " → ".join(str(round(k[x])) for x in ("reference", "eager", "fast") if x in k) or "–"
@@ -313,6 +361,19 @@ def markdown(result: dict) -> str:
             f"{r['fast_fit_over_plain_time']} | {r['fast_fit_over_reference']}× | {r['fast_setup_s']} | {kernels} |"
         )
     lines.append("\nUpdates/s, median of the timed windows; batch 256, walker2d shapes, Appendix C networks.")
+    if not result["rows"]:
+        lines = lines[-1:]
+    if result.get("stacked"):
+        lines += ["", "| device | actor | λ | stacked runs | mode | updates/s per run | aggregate updates/s |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['actor']} | {r['lam']} | {r['runs']} | {r['mode']} | {r['updates_per_s']} | "
+                  f"{r['aggregate_updates_per_s']} |" for r in result["stacked"]]
+    if result.get("processes"):
+        lines += ["", "| actor | λ | N | N processes (1 thread each), aggregate | N stacked in 1 process, aggregate | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['actor']} | {r['lam']} | {r['runs']} | {r['processes_aggregate_updates_per_s']} | "
+                  f"{r['stacked_aggregate_updates_per_s']} ({r['stacked_threads']} threads) | {r['speedup']}× |"
+                  for r in result["processes"]]
     if result["evaluation"]:
         lines += ["", "| device | actor (hidden) | env | envs | env steps/s |", "|---|---|---|---|---|"]
         lines += [f"| {e['device']} | {e['actor']} {tuple(e['actor_hidden'])} | {e['env']} | {e['num_envs']} | "
@@ -331,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke test of the benchmark)")
     parser.add_argument("--no-kernels", dest="kernels", action="store_false", help="skip counting kernels per update")
     parser.add_argument("--no-eval", dest="evaluation", action="store_false", help="skip the evaluation speed")
+    parser.add_argument("--stacks", default="1,8,30", help="stack sizes (runs in one model) to time; '' for none")
+    parser.add_argument("--processes", type=int, default=4,
+                        help="on the CPU: N separate processes against N stacked runs (0: skip)")
+    parser.add_argument("--only", choices=("updates", "stacks"), help="run one part of the benchmark")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -339,8 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not devices:
         print("isep bench: no CUDA device here", flush=True)
         return 2
-    result = run(devices, args.actors.split(","), args.windows, args.quick, args.kernels, args.evaluation,
-                 log=lambda line: print(line, flush=True))
+    stacks = [int(x) for x in args.stacks.split(",") if x.strip()] if args.only != "updates" else []
+    result = run(devices, args.actors.split(","), args.windows, args.quick, args.kernels and args.only != "stacks",
+                 args.evaluation and args.only != "stacks", stacks, args.processes if args.only != "updates" else 0,
+                 updates=args.only != "stacks", log=lambda line: print(line, flush=True))
     import lightning
 
     result["meta"] = {"torch": torch.__version__, "lightning": lightning.__version__, "threads": args.threads,

@@ -18,8 +18,10 @@ class RolloutEvaluation(L.Callback):
     Logs `eval/return_mean`, `eval/return_std`, `eval/normalized_score` (D4RL's reference returns)
     and `eval/score` (the normalized score, or a toy bandit's `eval/expected_reward`, which
     checkpoints rank by), plus `eval/env_steps_per_s`; keeps the per-episode returns in
-    `history` and in `<run dir>/eval_returns.jsonl`. Episode i uses seed `seed + i`. The global
-    RNG is forked around evaluation, so evaluating never changes what training draws.
+    `history` and in `<run dir>/eval_returns.jsonl`. Episode i uses seed `seed + i`, and the
+    policy's noise comes from a generator seeded with `seed` (one per run of a stack: a stacked
+    run is evaluated exactly as it would be alone); training's random numbers are untouched.
+    A stack's runs step together in one vector of envs, each run's results to its own record.
 
     Args:
         every: epochs between evaluations (0 = never, not even at the end).
@@ -85,52 +87,69 @@ class RolloutEvaluation(L.Callback):
             return self.history[-1] if self.history else {}
         dm = trainer.datamodule
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            if getattr(dm, "toy", None) is not None:
-                reward = toy_expected_reward(pl_module, dm.toy)
-                metrics = {"eval/expected_reward": reward, "eval/score": reward}
-                record = dict(metrics)
-            else:
-                metrics, record = self.rollouts(pl_module, dm.ref_scores)
-        metrics["eval/seconds"] = time.perf_counter() - start
-        # To the loggers at step = updates done (as the training metrics); `eval/score` also to
-        # Lightning's callback metrics, which the best-checkpoint callback ranks by.
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        pl_module.log("eval/score", metrics["eval/score"], on_step=False, on_epoch=True, prog_bar=True, logger=False)
-        record = {"step": trainer.global_step, **record}
-        self.history.append(record)
-        self._last_evaluated_step = trainer.global_step
-        self._write(trainer, record)
-        return record
+        if getattr(dm, "toy", None) is not None:
+            per_run = [({"eval/expected_reward": r, "eval/score": r}, {"eval/expected_reward": r, "eval/score": r})
+                       for r in toy_expected_reward(pl_module, dm.toy, generators=pl_module.generators(self.seed))]
+        else:
+            per_run = self.rollouts(pl_module, dm.ref_scores)
+        seconds = time.perf_counter() - start
+        step = trainer.global_step
+        metrics = [{**m, "eval/seconds": seconds} for m, _ in per_run]
+        # To each run's loggers at step = updates done (as the training metrics); `eval/score`
+        # (the mean over the runs still training) also to Lightning's callback metrics, which the
+        # best-checkpoint callback ranks by.
+        pl_module.log_runs(metrics, step=step)
+        failed = getattr(pl_module, "failures", {})
+        live = [m["eval/score"] for r, m in enumerate(metrics) if r not in failed] or [metrics[0]["eval/score"]]
+        score = sum(live) / len(live)
+        pl_module.log("eval/score", score, on_step=False, on_epoch=True, prog_bar=True, logger=False)
+        records = [{"step": step, **record} for _, record in per_run]
+        for run, record in enumerate(records):
+            self._write(pl_module.run_folder(run) if hasattr(pl_module, "run_folder") else Path(trainer.default_root_dir),
+                        record)
+        summary = records[0] if len(records) == 1 else {"step": step, "eval/score": score, "runs": records}
+        self.history.append(summary)
+        self._last_evaluated_step = step
+        return summary
 
-    def rollouts(self, pl_module: L.LightningModule, ref_scores: tuple[float, float] | None) -> tuple[dict, dict]:
-        """`episodes` rollouts of the module's policy (after `prepare`): metrics and the episode record."""
+    def rollouts(self, pl_module: L.LightningModule, ref_scores: tuple[float, float] | None) -> list[tuple[dict, dict]]:
+        """`episodes` rollouts of each run's policy (after `prepare`), all runs stepped in one vector
+        of envs: per run, its metrics and its episode record."""
         from isep.data.minari_source import flatten_observations
 
-        policy = lambda obs: pl_module.act(obs, guidance=self.guidance).cpu().numpy()  # noqa: E731
+        runs = pl_module.runs
+        generators = pl_module.generators(self.seed)  # the policy's noise: each run's own stream
+
+        def policy(obs):
+            if runs > 1:
+                obs = obs.reshape(runs, -1, obs.shape[-1])
+            actions = pl_module.act(obs, guidance=self.guidance, generators=generators)
+            return actions.reshape(-1, pl_module.hparams.act_dim).cpu().numpy()
+
         flatten = lambda obs: flatten_observations(obs, self._obs_space)  # noqa: E731
         t0 = time.perf_counter()
-        result = rollout(policy, self._env_fn, self.episodes, self.seed, self.num_envs, flatten)
-        elapsed = time.perf_counter() - t0
-        metrics = {
-            "eval/return_mean": float(result.returns.mean()),
-            "eval/return_std": float(result.returns.std()),
-            "eval/env_steps_per_s": result.env_steps / elapsed,
-        }
-        if ref_scores is not None:
-            score = NormalizedScore(*ref_scores)
-            score.update(torch.as_tensor(result.returns))
-            metrics["eval/normalized_score"] = float(score.compute())
-            metrics["eval/score"] = metrics["eval/normalized_score"]
-        else:
-            metrics["eval/score"] = metrics["eval/return_mean"]
-        record = {"returns": result.returns.tolist(), "seeds": result.seeds, **metrics}
-        return metrics, record
+        results = rollout(policy, self._env_fn, self.episodes, self.seed, self.num_envs, flatten, runs)
+        steps_per_s = sum(r.env_steps for r in results) / (time.perf_counter() - t0)
+        out = []
+        for result in results:
+            metrics = {
+                "eval/return_mean": float(result.returns.mean()),
+                "eval/return_std": float(result.returns.std()),
+                "eval/env_steps_per_s": steps_per_s,
+            }
+            if ref_scores is not None:
+                score = NormalizedScore(*ref_scores)
+                score.update(torch.as_tensor(result.returns))
+                metrics["eval/normalized_score"] = float(score.compute())
+                metrics["eval/score"] = metrics["eval/normalized_score"]
+            else:
+                metrics["eval/score"] = metrics["eval/return_mean"]
+            out.append((metrics, {"returns": result.returns.tolist(), "seeds": result.seeds, **metrics}))
+        return out
 
-    def _write(self, trainer: L.Trainer, record: dict) -> None:
-        path = Path(trainer.default_root_dir) / "eval_returns.jsonl"
+    @staticmethod
+    def _write(folder: Path, record: dict) -> None:
+        path = Path(folder) / "eval_returns.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")

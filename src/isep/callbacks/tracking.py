@@ -31,10 +31,25 @@ def git_commit() -> str:
 
 
 def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: dict[str, str], run_id: str | None):
-    """Lightning's MLFlowLogger with an explicit URI (its default is read at import and fails)."""
+    """A `RunLogger` (Lightning's MLFlowLogger) with an explicit URI (its default is read at import and fails)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(
+    class RunLogger(MLFlowLogger):
+        """One run's MLflow record. `fail(reason)` ends it as FAILED at once (a run of a stack
+        that diverged while the others go on), and Lightning's final status does not undo it."""
+
+        failed = False
+
+        def fail(self, reason: str) -> None:
+            self.experiment.set_tag(self.run_id, "failure_reason", reason[:4000])
+            self.experiment.set_terminated(self.run_id, "FAILED")
+            self.failed = True
+
+        def finalize(self, status: str = "success") -> None:
+            if not self.failed:
+                super().finalize(status)
+
+    return RunLogger(
         experiment_name=experiment,
         run_name=run_name,
         tracking_uri=tracking_uri(uri),
@@ -44,36 +59,56 @@ def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: di
     )
 
 
-def _mlflow_loggers(trainer: L.Trainer) -> list:
+def _is_mlflow(logger) -> bool:
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
+    return isinstance(logger, MLFlowLogger)
+
+
+def _runs(trainer: L.Trainer, pl_module: L.LightningModule) -> list[tuple[list, Path]]:
+    """(MLflow loggers, folder) of each run: the module's routes, else the Trainer's."""
+    routes = getattr(pl_module, "routes", None)
+    if routes is None:
+        return [([lg for lg in trainer.loggers if _is_mlflow(lg)], Path(trainer.default_root_dir))]
+    return [([lg for lg in loggers if _is_mlflow(lg)], folder) for loggers, folder in zip(routes.loggers, routes.folders)]
 
 
 class MLflowRunRecord(L.Callback):
-    """Adds to the MLflow run what Lightning's logger does not: at the end, the per-episode
-    evaluation returns (`eval_returns.jsonl`) and the best checkpoint (`checkpoints/`); on failure,
+    """Adds to each MLflow run what Lightning's logger does not: at the end, the per-episode
+    evaluation returns (`eval_returns.jsonl`) and the best checkpoint (`checkpoints/`, a single
+    run's; a stack's checkpoint stays in its folder, named by each run's `run_dir`); on failure,
     the reason (`failure_reason` tag), e.g. the divergence stop's message."""
 
-    def _log_returns(self, trainer: L.Trainer) -> None:
-        path = Path(trainer.default_root_dir) / "eval_returns.jsonl"
-        for logger in _mlflow_loggers(trainer):
-            if path.is_file():
-                logger.experiment.log_artifact(logger.run_id, str(path))
+    @staticmethod
+    def _log_returns(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for loggers, folder in _runs(trainer, pl_module):
+            path = folder / "eval_returns.jsonl"
+            for logger in loggers:
+                if path.is_file():
+                    logger.experiment.log_artifact(logger.run_id, str(path))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from isep.callbacks.checkpoint import BestCheckpoint
 
-        self._log_returns(trainer)
+        self._log_returns(trainer, pl_module)
+        if getattr(pl_module, "runs", 1) > 1:
+            return
         best = [cb.best_model_path for cb in trainer.callbacks if isinstance(cb, BestCheckpoint) and cb.best_model_path]
-        for logger in _mlflow_loggers(trainer):
-            for path in best:
-                logger.experiment.log_artifact(logger.run_id, path, "checkpoints")
+        for loggers, _ in _runs(trainer, pl_module):
+            for logger in loggers:
+                for path in best:
+                    logger.experiment.log_artifact(logger.run_id, path, "checkpoints")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        for logger in _mlflow_loggers(trainer):
-            try:
-                logger.experiment.set_tag(logger.run_id, "failure_reason", f"{type(exception).__name__}: {exception}"[:4000])
-                self._log_returns(trainer)
-            except Exception:  # noqa: BLE001  (never hide the original error)
-                pass
+        for loggers, _ in _runs(trainer, pl_module):
+            for logger in loggers:
+                if getattr(logger, "failed", False):
+                    continue
+                try:
+                    logger.experiment.set_tag(logger.run_id, "failure_reason", f"{type(exception).__name__}: {exception}"[:4000])
+                except Exception:  # noqa: BLE001  (never hide the original error)
+                    pass
+        try:
+            self._log_returns(trainer, pl_module)
+        except Exception:  # noqa: BLE001
+            pass

@@ -36,8 +36,10 @@ class TuneReport(Checkpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.command:
             return
+        from lightning.pytorch.loggers import MLFlowLogger
+
         for logger in trainer.loggers:
-            if type(logger).__name__ == "MLFlowLogger":
+            if isinstance(logger, MLFlowLogger):
                 logger.experiment.set_tag(logger.run_id, "isep.command", self.command[:5000])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -65,7 +65,7 @@ class D4RLDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or steps_per_epoch < 1:
             raise ValueError("data.batch_size and data.steps_per_epoch must be positive")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the CLI logs the resolved config itself
         self.dataset = dataset
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         self.normalize_states, self.obs_keys, self.download = normalize_states, obs_keys, download

@@ -31,6 +31,23 @@ class Transitions:
         return len(self.rewards)
 
     @staticmethod
+    def random(n: int, obs_dim: int, act_dim: int, seed: int = 0, terminal_prob: float = 0.001,
+               action_bound: float = 1.0) -> "Transitions":
+        """`n` random transitions of the given sizes (benchmarks and tests: the speed and the
+        mechanics of an update do not depend on the values)."""
+        rng = np.random.default_rng(seed)
+        obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+        return Transitions(
+            observations=obs,
+            actions=rng.uniform(-action_bound, action_bound, size=(n, act_dim)).astype(np.float32),
+            rewards=rng.normal(size=n).astype(np.float32),
+            next_observations=np.roll(obs, -1, 0),
+            terminals=(rng.uniform(size=n) < terminal_prob).astype(np.float32),
+            timeouts=np.zeros(n, bool),
+            episode_returns=np.zeros(1),
+        )
+
+    @staticmethod
     def concatenate(parts: list["Transitions"]) -> "Transitions":
         """Join datasets row-wise (D4RL's medium-expert = medium + expert)."""
         if len(parts) == 1:

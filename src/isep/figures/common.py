@@ -8,13 +8,17 @@ from isep.errors import ConfigError
 
 
 def load_policy(run_dir: str | Path, device: str = "cpu"):
-    """The trained module of a run folder (its `checkpoints/last.ckpt`), in evaluation mode."""
+    """The trained module of a run folder (its `checkpoints/last.ckpt`; a stacked run's folder
+    names its stack's checkpoint and its index), in evaluation mode."""
     from isep.module import ISEPModule
+    from isep.runs import stack_member
 
-    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    member = stack_member(Path(run_dir))
+    ckpt = member[0] if member else Path(run_dir) / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise ConfigError(f"no checkpoint at {ckpt}: the figure needs the run's trained policy (was the run folder moved?)")
-    return ISEPModule.load_from_checkpoint(ckpt, map_location=device).eval()
+    module = ISEPModule.load_from_checkpoint(ckpt, map_location=device)
+    return (module.select_run(member[1]) if member else module).eval()
 
 
 def run_dirs(groups, tracking_uri: str) -> dict:

@@ -1,7 +1,7 @@
 """A sweep's MLflow bookkeeping: its experiment and parent run, and what each trial's runs say.
 
 Trials are found by the `isep.trial` tag every `isep fit` writes (dataset, model and data
-settings, seed and training length: `isep.cli.trial_key`), so a trial finished by an earlier
+settings, seed and training length: `isep.runs.trial_key`), so a trial finished by an earlier
 invocation — or by hand with the same settings into the same experiment — is not run again.
 """
 

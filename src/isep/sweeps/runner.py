@@ -31,18 +31,32 @@ from isep.sweeps.records import EARLY_STOP_TAG, SweepRecords, TrialRecord, absol
 ENV_FORWARD = ("MINARI_DATASETS_PATH", "MUJOCO_GL", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION")
 
 
+# Grid axes a stack can hold (one value per run of the model), as `isep fit` options → model fields.
+STACKABLE = {"model.lam": "lam", "model.expectile": "expectile", "model.beta": "beta", "model.guidance": "guidance",
+             "model.policy_mix": "policy_mix", "seed_everything": "seed"}
+
+
 @dataclass
 class Trial:
-    """One `isep fit` of the grid and what the sweep will do with it."""
+    """One `isep fit` of the grid and what the sweep will do with it. A stacked trial trains
+    several grid points (`members`) as one model (`--stack N`)."""
 
     point: dict[str, str]
     args: list[str]
-    key: str  # `isep.cli.trial_key` of its resolved config
+    key: str  # `isep.runs.trial_key` of its resolved config
     evaluations: int  # rollout evaluations it will report (ASHA's time axis)
     action: str = "start"  # start | resume | skip
     note: str = ""
+    config: dict | None = None  # the resolved config
+    members: list["Trial"] | None = None
 
     def label(self) -> str:
+        if self.members:
+            return f"{Path(self.point['config']).stem} stack of {len(self.members)}: " + ", ".join(
+                m.label().split(" ", 1)[1] if " " in m.label() else m.label() for m in self.members)
+        return self.single_label()
+
+    def single_label(self) -> str:
         names = {"seed_everything": "seed"}
         parts = [Path(self.point["config"]).stem] + [f"{names.get(k, k.split('.')[-1])}={v}"
                                                       for k, v in self.point.items() if k != "config"]
@@ -65,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
                         help="fifo: every trial to the end (the paper); asha: stop weak trials early")
     parser.add_argument("--retry_failed", action="store_true", help="run again the trials whose last run failed")
+    parser.add_argument("--stack", type=int, default=1,
+                        help="train up to N grid points as one stacked model per trial (points that differ only in "
+                        "λ, τ, β, w, policy_mix or seed); each still gets its own MLflow run")
     parser.add_argument("--dry_run", action="store_true", help="check the grid and print the plan; start nothing")
     parser.add_argument("--out", help="folder for the compare table and Figure 5 (default: outputs/sweeps/<name>)")
     parser.add_argument("--mlflow.tracking_uri", dest="tracking_uri", help="MLflow store (default as `isep fit`)")
@@ -80,7 +97,8 @@ def plan_trials(grid: Grid, bookkeeping: list[str]) -> list[Trial]:
     """Every grid point as a checked `isep fit`: configs resolved once per point up to its seed."""
     import copy
 
-    from isep.cli import resolve_fit_config, trial_key
+    from isep.cli import resolve_fit_config
+    from isep.runs import trial_key
 
     trials, resolved = [], {}
     for point in grid.points():
@@ -96,11 +114,11 @@ def plan_trials(grid: Grid, bookkeeping: list[str]) -> list[Trial]:
             config["seed_everything"] = int(point["seed_everything"])
         every = (config.get("evaluation") or {}).get("every") or 0
         epochs = (config.get("trainer") or {}).get("max_epochs") or 0
-        trials.append(Trial(point, args, trial_key(config), max(1, epochs // every) if every else 1))
+        trials.append(Trial(point, args, trial_key(config), max(1, epochs // every) if every else 1, config=config))
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
         raise ConfigError("two grid points resolve to the same run (an axis changes nothing that defines a run)")
-    if len({t.label() for t in trials}) != len(trials):
+    if len({t.single_label() for t in trials}) != len(trials):
         raise ConfigError("two configs of the sweep share a file name: give each task's config its own name")
     return trials
 
@@ -121,6 +139,47 @@ def decide(trials: list[Trial], records: dict[str, TrialRecord], retry_failed: b
         else:  # RUNNING / KILLED / SCHEDULED: the sweep was stopped while it ran
             trial.action, trial.note = "resume", "interrupted; resuming from its last checkpoint"
             trial.args = [*trial.args, "--ckpt_path", "last"]
+
+
+def pack(trials: list[Trial], size: int, grid: Grid, bookkeeping: list[str]) -> list[Trial]:
+    """The trials to run, `size` grid points per stacked trial: points that differ only in
+    stackable axes (λ, τ, β, w, policy_mix, seed) share a model; others stay apart. Packing follows
+    the grid's order, so an interrupted stack is packed again the same way and resumes."""
+    import json
+
+    todo = [t for t in trials if t.action != "skip"]
+    if size <= 1:
+        return todo
+    groups: dict[tuple, list[Trial]] = {}
+    for trial in todo:
+        fixed = tuple(sorted((k, v) for k, v in trial.point.items() if k not in STACKABLE))
+        groups.setdefault(fixed, []).append(trial)
+    packed = []
+    for fixed, members in groups.items():
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            if len(chunk) == 1:
+                packed.append(chunk[0])
+                continue
+            args = grid.fit_args(dict(fixed)) + bookkeeping
+            for option, field in STACKABLE.items():
+                if field == "seed":
+                    values = [run_seed_of(m) for m in chunk]
+                else:
+                    values = [m.config["model"][field] for m in chunk]
+                if field == "seed" or len(set(map(str, values))) > 1:
+                    args += [f"--model.{field}", json.dumps(values)]
+            if any(m.action == "resume" for m in chunk):
+                args += ["--ckpt_path", "last"]
+            packed.append(Trial(dict(fixed), args, "|".join(m.key for m in chunk), max(m.evaluations for m in chunk),
+                                action="resume" if "--ckpt_path" in args else "start", members=chunk))
+    return packed
+
+
+def run_seed_of(trial: Trial) -> int:
+    from isep.runs import run_seed
+
+    return int(run_seed(trial.config))
 
 
 def check_address(address: str) -> None:
@@ -150,13 +209,12 @@ def start_ray(args, env: dict[str, str]):
     return ray
 
 
-def run_grid(trials: list[Trial], args, name: str, threads: int, gpus: float) -> list[tuple[Trial, str]]:
-    """Run the trials to do on Tune; returns (trial, error) for those that failed."""
+def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> list[tuple[Trial, str]]:
+    """Run the trials on Tune; returns (trial, error) for those that failed."""
     from ray import tune
 
     from isep.sweeps.trial import run_trial
 
-    todo = [t for t in trials if t.action != "skip"]
     scheduler = None
     if args.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -225,11 +283,18 @@ def sweep_main(argv: Sequence[str]) -> int:
     trials = plan_trials(grid, bookkeeping)  # every config checked before anything starts
     records = SweepRecords(uri, name)  # creates the store before any trial opens it
     decide(trials, records.trials(), args.retry_failed)
-    todo = [t for t in trials if t.action != "skip"]
-    print(f"isep sweep {name}: {len(trials)} trials, {len(todo)} to run "
-          f"({sum(t.action == 'resume' for t in trials)} to resume), MLflow {uri}, runs in {root}", flush=True)
+    if args.stack < 1:
+        raise ConfigError("--stack takes the number of runs per stacked trial (≥ 1)")
+    todo = pack(trials, args.stack, grid, bookkeeping)
+    points = [t for t in trials if t.action != "skip"]
+    print(f"isep sweep {name}: {len(trials)} trials, {len(points)} to run "
+          f"({sum(t.action == 'resume' for t in trials)} to resume)"
+          + (f" in {len(todo)} stacked trials" if args.stack > 1 else "") + f", MLflow {uri}, runs in {root}", flush=True)
     for trial in trials:
         print(f"  {trial.action:6} {trial.label()}" + (f"  [{trial.note}]" if trial.note else ""), flush=True)
+    if args.stack > 1:
+        for trial in todo:
+            print(f"  trial  {trial.label()}", flush=True)
     if args.dry_run:
         return 0
 
@@ -239,7 +304,7 @@ def sweep_main(argv: Sequence[str]) -> int:
         trial.args += ["--mlflow.parent_run_id", parent]
     failed: list[tuple[Trial, str]] = []
     if todo:
-        for trial in todo:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
+        for trial in points:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
             record = records.trials().get(trial.key)
             if trial.action == "resume" and record and not (Path(record.run_dir or "") / "checkpoints" / "last.ckpt").is_file():
                 records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
@@ -249,14 +314,15 @@ def sweep_main(argv: Sequence[str]) -> int:
         gpus = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
         threads = max(1, int(args.cpus_per_run))
         try:
-            failed = run_grid(trials, args, name, threads, gpus)
+            failed = run_grid(todo, args, name, threads, gpus)
         finally:
             ray.shutdown()
         current = records.trials()
         for trial in todo:
-            record = current.get(trial.key)
-            if trial.note == "stopped early by ASHA" and record:
-                records.mark(record.run_id, "KILLED", **{EARLY_STOP_TAG: "true"})
+            for member in trial.members or [trial]:
+                record = current.get(member.key)
+                if trial.note == "stopped early by ASHA" and record:
+                    records.mark(record.run_id, "KILLED", **{EARLY_STOP_TAG: "true"})
     records.mark(parent, "FINISHED", **{"isep.failed_trials": str(len(failed))})
     out = Path(args.out or Path("outputs") / "sweeps" / name)
     figure = summarise(name, uri, out)
