@@ -200,3 +200,18 @@ def test_many_compiled_modules_in_one_process():
         step = module.step_function()
         step()
     assert int(module.updates) == 1 and torch.isfinite(module.metric_sum).all()
+
+
+def test_mix32_is_lowbias32():
+    """The hash is Wellons' lowbias32, written here in plain Python integers as published."""
+    from isep.rng import mix32
+
+    def lowbias32(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 12345, 0xDEADBEEF, 0xFFFFFFFF, 0x80000000, 0x7FFFFFFF]
+    assert mix32(torch.tensor(values, dtype=torch.int64)).tolist() == [lowbias32(v) for v in values]

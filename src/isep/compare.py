@@ -640,7 +640,7 @@ def plot_score_vs_lambda(groups: dict[GroupKey, Group], final_desc: str, path: P
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(f"final score ({final_desc}) against λ: mean ± std over seeds")
+    fig.suptitle(f"final score against λ\n({final_desc}; mean ± std over seeds)")
     fig.savefig(path, dpi=100)
 
 

@@ -19,11 +19,13 @@ BANDIT = "toy/danger-zone"
 HIGH, DANGER = 0.5, -0.5  # reward above: the high-reward region; below: the danger zone
 
 
-def region_shares(actions: torch.Tensor) -> dict[str, float]:
-    """Expected reward of the samples, and the shares in the high-reward region and the danger zone."""
+def region_shares(actions: torch.Tensor) -> dict:
+    """Expected reward of the samples, the shares in the high-reward region and the danger zone,
+    and their mean action."""
     reward = danger_zone_reward(actions)
     return {"expected_reward": float(reward.mean()), "share_high": float((reward > HIGH).float().mean()),
-            "share_danger": float((reward < DANGER).float().mean())}
+            "share_danger": float((reward < DANGER).float().mean()),
+            "mean_action": [round(float(x), 3) for x in actions.mean(0)]}
 
 
 def policy_samples(module, n: int = 2000, seed: int = 0) -> torch.Tensor:
