@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
+
+import lightning as L
 import torch
 
 from isep.module import ISEPModule
@@ -54,3 +58,21 @@ def perturb_targets(module: ISEPModule, seed: int = 2) -> None:
 
 def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+
+class PauseAfterFirstEpoch(L.Callback):
+    """For kill tests: after epoch 0 (its checkpoint written) the run sleeps, so that a test kills
+    it at a known step instead of racing it."""
+
+    def __init__(self, seconds: float = 300.0) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= 1:
+            time.sleep(self.seconds)
+
+
+def callback_arg(cls: type, **init) -> list[str]:
+    """The CLI arguments that add callback `cls` (a class of the tests package) to a run."""
+    return ["--trainer.callbacks+", json.dumps({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init})]

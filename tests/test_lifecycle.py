@@ -17,6 +17,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
+from tests.helpers import callback_arg
 
 SMALL = [
     *TINY,
@@ -49,10 +50,6 @@ class PoisonAt(L.Callback):
             with torch.no_grad():
                 for p in pl_module.critic.parameters():
                     p.fill_(float("nan"))
-
-
-def callback_arg(cls: type, **init) -> list[str]:
-    return ["--trainer.callbacks+", json.dumps({"class_path": f"tests.test_lifecycle.{cls.__name__}", "init_args": init})]
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -14,6 +14,7 @@ import torch
 from isep.cli import main
 from isep.module import ISEPModule
 from tests.conftest import CONFIGS, TINY
+from tests.helpers import callback_arg
 from tests.test_fast_path import ready_module
 
 STACKS = {
@@ -189,7 +190,7 @@ def test_one_run_of_a_stack_diverges_alone(tmp_path, capsys):
     import mlflow
 
     code = main(["fit", *TOY, "--stack.lam", "0,0.2,0.4", "--trainer.max_epochs", "4", "--mlflow.experiment", "nan",
-                 "--trainer.default_root_dir", str(tmp_path / "runs"), *callback_arg_here(PoisonRun, run=1, step=12)])
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), *callback_arg(PoisonRun, run=1, step=12)])
     assert code == 0
     client = mlflow.MlflowClient()
     runs = {r.data.tags["lam"]: r for r in client.search_runs([client.get_experiment_by_name("nan").experiment_id])}
@@ -205,10 +206,6 @@ def test_one_run_of_a_stack_diverges_alone(tmp_path, capsys):
     assert state["global_step"] == 40 and state["state_dict"]["active"].tolist() == [True, False, True]
     live = state["state_dict"]["critic.net.layers.0.weight"]
     assert torch.isfinite(live[[0, 1, 4, 5]]).all() and torch.isnan(live[2:4]).all()
-
-
-def callback_arg_here(cls: type, **init) -> list[str]:
-    return ["--trainer.callbacks+", json.dumps({"class_path": f"tests.test_stack.{cls.__name__}", "init_args": init})]
 
 
 def test_evaluate_one_run_of_a_stack(tmp_path, capsys):

@@ -16,6 +16,9 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
+from tests.helpers import PauseAfterFirstEpoch, callback_arg
+
+ROOT = CONFIGS.parent
 
 FIGURES = CONFIGS / "figures"
 RAY = ["--num_cpus", "2"]
@@ -110,8 +113,10 @@ def test_a_killed_trial_resumes_from_its_checkpoint(workdir):
     exe = Path(sys.executable).with_name("isep")
     uri = absolute_uri(f"sqlite:///{workdir}/mlflow.db")
     fit = [str(exe), "fit", *g.fit_args(point), "--trainer.default_root_dir", str(workdir / "runs"),
-           "--mlflow.experiment", "resume", "--mlflow.tracking_uri", uri, "--trainer.enable_progress_bar", "false"]
-    proc = subprocess.Popen(fit, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--mlflow.experiment", "resume", "--mlflow.tracking_uri", uri, "--trainer.enable_progress_bar", "false",
+           *callback_arg(PauseAfterFirstEpoch)]  # it sleeps after epoch 0: killed at step 40
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(fit, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline, ckpt = time.monotonic() + 120, None
     while time.monotonic() < deadline and ckpt is None:
         found = [p for p in (workdir / "runs").rglob("last.ckpt") if "lam0.0" in str(p) and "gaussian" in str(p)]
@@ -121,6 +126,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint(workdir):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert ckpt is not None, "no checkpoint within 2 minutes"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 40
     (killed,) = runs_of(workdir, "resume")
     assert killed.info.status == "RUNNING"
 
@@ -132,6 +138,15 @@ def test_a_killed_trial_resumes_from_its_checkpoint(workdir):
     assert torch.load(ckpt, weights_only=False)["global_step"] == 120
     history = client(workdir).get_metric_history(killed.info.run_id, "eval/expected_reward")
     assert {m.step for m in history} == {40, 80, 120}
+
+    # killed after its final checkpoint (MLflow still says RUNNING): Lightning has nothing left to
+    # train, the trial still reports its last evaluation to Tune and its run ends FINISHED
+    client(workdir).update_run(killed.info.run_id, status="RUNNING")
+    again = sweep(workdir, *grid)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 trials, 1 to run (1 to resume)" in again.stdout
+    assert client(workdir).get_run(killed.info.run_id).info.status == "FINISHED"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 120
 
 
 def test_a_diverging_trial_fails_alone_and_is_retried_only_when_asked(workdir):

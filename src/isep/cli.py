@@ -174,6 +174,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
             a sub-folder and an MLflow run of their own, as if they had been run alone."""
             configs = per_run_configs(plain)
             stacked = len(configs) > 1
+            commit = git_commit() if plain["mlflow"]["enabled"] and self.subcommand == "fit" else None
             folders, loggers = [], []
             for index, config in enumerate(configs):
                 folder = self.run_dir / f"run{index}-{run_name(config)}" if stacked else self.run_dir
@@ -182,12 +183,12 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
                     (folder / STACK_FILE).write_text(json.dumps({"checkpoint": "../checkpoints/last.ckpt", "index": index}))
                 run_loggers = [CSVLogger(folder, name="csv")]
                 if plain["mlflow"]["enabled"] and self.subcommand == "fit":
-                    run_loggers.insert(0, self._mlflow_logger(config, folder, index if stacked else None))
+                    run_loggers.insert(0, self._mlflow_logger(config, folder, index if stacked else None, commit))
                 folders.append(folder)
                 loggers.append(run_loggers)
             return RunRoutes(loggers, folders)
 
-        def _mlflow_logger(self, plain: dict, folder: Path, stack_index: int | None):
+        def _mlflow_logger(self, plain: dict, folder: Path, stack_index: int | None, commit: str):
             model, data = plain["model"], plain["data"]
             dataset = data["dataset"] if isinstance(data["dataset"], str) else "+".join(data["dataset"])
             id_file = folder / RUN_ID_FILE
@@ -198,7 +199,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
                 "lam": str(float(model["lam"])),
                 "policy_mix": model["policy_mix"],
                 "seed": str(run_seed(plain)),
-                "git_commit": git_commit(),
+                "git_commit": commit,
                 "run_dir": str(folder),
                 "isep.trial": trial_key(plain),
             }

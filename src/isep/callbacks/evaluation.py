@@ -99,14 +99,12 @@ class RolloutEvaluation(L.Callback):
         # (the mean over the runs still training) also to Lightning's callback metrics, which the
         # best-checkpoint callback ranks by.
         pl_module.log_runs(metrics, step=step)
-        failed = getattr(pl_module, "failures", {})
-        live = [m["eval/score"] for r, m in enumerate(metrics) if r not in failed] or [metrics[0]["eval/score"]]
+        live = [m["eval/score"] for r, m in enumerate(metrics) if r not in pl_module.failures] or [metrics[0]["eval/score"]]
         score = sum(live) / len(live)
         pl_module.log("eval/score", score, on_step=False, on_epoch=True, prog_bar=True, logger=False)
         records = [{"step": step, **record} for _, record in per_run]
         for run, record in enumerate(records):
-            self._write(pl_module.run_folder(run) if hasattr(pl_module, "run_folder") else Path(trainer.default_root_dir),
-                        record)
+            self._write(pl_module.run_folder(run), record)
         summary = records[0] if len(records) == 1 else {"step": step, "eval/score": score, "runs": records}
         self.history.append(summary)
         self._last_evaluated_step = step

@@ -48,18 +48,31 @@ class TuneReport(Checkpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report(trainer)
 
-    def _report(self, trainer: L.Trainer) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning skips the training loop (and `on_train_end`) when a resumed run was already
+        at its last step (killed after its final checkpoint): report its restored last evaluation
+        then, or, for a run without any evaluation, a NaN score, since Tune needs one report."""
+        if self._reported_step < 0:
+            self._report(trainer, final=True)
+
+    def _report(self, trainer: L.Trainer, final: bool = False) -> None:
         from isep.callbacks.evaluation import RolloutEvaluation
 
         evaluations = [cb for cb in trainer.callbacks if isinstance(cb, RolloutEvaluation)]
-        if not evaluations or not evaluations[0].history:
+        history = evaluations[0].history if evaluations else []
+        if not history:
+            if final:
+                report({"step": trainer.global_step, "evaluations": 0, "eval/score": float("nan")},
+                       Path(trainer.default_root_dir))
             return
-        record = evaluations[0].history[-1]
+        record = history[-1]
         if record["step"] == self._reported_step:
             return
         self._reported_step = record["step"]
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics["step"] = record["step"]
+        # ASHA's clock: evaluations done by the run, restored ones included (Tune's own
+        # `training_iteration` restarts at 1 in a resumed trial)
+        metrics["step"], metrics["evaluations"] = record["step"], len(history)
         report(metrics, Path(trainer.default_root_dir))
 
 

@@ -182,6 +182,16 @@ def run_seed_of(trial: Trial) -> int:
     return int(run_seed(trial.config))
 
 
+def has_checkpoint(run_dir: str | None) -> bool:
+    """Whether a run folder (or a stacked run's folder, via its stack) holds a `last.ckpt` to resume."""
+    from isep.runs import stack_member
+
+    if not run_dir:
+        return False
+    member = stack_member(Path(run_dir))
+    return (member[0] if member else Path(run_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
 def check_address(address: str) -> None:
     """Fail at once, with the fix, when a host:port cluster address cannot be reached."""
     if address == "auto" or address.startswith("ray://"):
@@ -220,7 +230,7 @@ def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> l
         from ray.tune.schedulers import ASHAScheduler
 
         horizon = max(t.evaluations for t in todo)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=horizon, grace_period=max(1, horizon // 8),
+        scheduler = ASHAScheduler(time_attr="evaluations", max_t=horizon, grace_period=max(1, horizon // 8),
                                   reduction_factor=3)
     by_label = {t.label(): t for t in todo}
     trainable = tune.with_resources(tune.with_parameters(run_trial, trials={k: t.args for k, t in by_label.items()}),
@@ -241,7 +251,7 @@ def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> l
         trial = by_label[result.config["trial"]]
         if result.error is not None:
             failed.append((trial, str(result.error).strip().splitlines()[-1][:300]))
-        elif args.scheduler == "asha" and result.metrics.get("training_iteration", 0) < trial.evaluations:
+        elif args.scheduler == "asha" and result.metrics.get("evaluations", 0) < trial.evaluations:
             trial.note = "stopped early by ASHA"
     return failed
 
@@ -272,6 +282,8 @@ def sweep_main(argv: Sequence[str]) -> int:
                    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     if args.cpus_per_run <= 0 or (args.gpus_per_run is not None and args.gpus_per_run < 0):
         raise ConfigError("--cpus_per_run must be > 0 and --gpus_per_run ≥ 0")
+    if args.stack < 1:
+        raise ConfigError("--stack takes the number of runs per stacked trial (≥ 1)")
 
     if args.address:
         check_address(args.address)
@@ -283,8 +295,6 @@ def sweep_main(argv: Sequence[str]) -> int:
     trials = plan_trials(grid, bookkeeping)  # every config checked before anything starts
     records = SweepRecords(uri, name)  # creates the store before any trial opens it
     decide(trials, records.trials(), args.retry_failed)
-    if args.stack < 1:
-        raise ConfigError("--stack takes the number of runs per stacked trial (≥ 1)")
     todo = pack(trials, args.stack, grid, bookkeeping)
     points = [t for t in trials if t.action != "skip"]
     print(f"isep sweep {name}: {len(trials)} trials, {len(points)} to run "
@@ -304,9 +314,10 @@ def sweep_main(argv: Sequence[str]) -> int:
         trial.args += ["--mlflow.parent_run_id", parent]
     failed: list[tuple[Trial, str]] = []
     if todo:
+        known = records.trials()
         for trial in points:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
-            record = records.trials().get(trial.key)
-            if trial.action == "resume" and record and not (Path(record.run_dir or "") / "checkpoints" / "last.ckpt").is_file():
+            record = known.get(trial.key)
+            if trial.action == "resume" and record and not has_checkpoint(record.run_dir):
                 records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
         env = {k: str(Path(os.environ[k]).resolve()) if k == "MINARI_DATASETS_PATH" else os.environ[k]
                for k in ENV_FORWARD if k in os.environ}
