@@ -28,7 +28,6 @@ class TwinQ(nn.Module):
     ) -> None:
         super().__init__()
         twins = None if generators is None else [g for g in generators for _ in range(2)]
-        self.runs = runs
         self.net = StackedMLP(2 * runs, obs_dim + act_dim, hidden, 1, activation, generators=twins)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

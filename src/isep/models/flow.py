@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from isep.models.mlp import StackedMLP
+from isep.models.mlp import StackedMLP, member_generators
 
 # Optimality tokens (CFGRL): ∅ (unconditional), negative advantage, positive advantage.
 NULL, NEGATIVE, POSITIVE = 0, 1, 2
@@ -36,7 +36,7 @@ class VelocityField(nn.Module):
         self.act_dim = act_dim
         self.embed = nn.Parameter(torch.empty(runs, TOKENS, embed_dim))
         with torch.no_grad():  # nn.Embedding's N(0, 1) initialisation, per run
-            for r, gen in enumerate(generators or [None] * runs):
+            for r, gen in enumerate(member_generators(runs, generators)):
                 self.embed[r].normal_(generator=gen)
         self.net = StackedMLP(runs, act_dim + 1 + obs_dim + embed_dim, hidden, act_dim, activation, generators=generators)
 

@@ -19,7 +19,8 @@ from isep.rng import Draws, Stream
 ACTIVATIONS = {"relu": nn.functional.relu, "mish": nn.functional.mish, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 
 
-def _member_generators(members: int, generators: Sequence[torch.Generator] | None) -> list[torch.Generator | None]:
+def member_generators(members: int, generators: Sequence[torch.Generator] | None) -> list[torch.Generator | None]:
+    """One generator (or None: torch's default) per member, checked against the member count."""
     if generators is None:
         return [None] * members
     if len(generators) != members:
@@ -40,7 +41,7 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
         bound = 1 / math.sqrt(in_dim)
         with torch.no_grad():
-            for m, gen in enumerate(_member_generators(members, generators)):
+            for m, gen in enumerate(member_generators(members, generators)):
                 self.weight[m].uniform_(-bound, bound, generator=gen)
                 self.bias[m].uniform_(-bound, bound, generator=gen)
 
@@ -69,9 +70,9 @@ class StackedMLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         dims = [in_dim, *hidden, out_dim]
-        gens = _member_generators(members, generators)
+        gens = member_generators(members, generators)
         self.layers = nn.ModuleList(
-            StackedLinear(members, a, b, None if generators is None else gens) for a, b in zip(dims[:-1], dims[1:])
+            StackedLinear(members, a, b, gens) for a, b in zip(dims[:-1], dims[1:])
         )
         self.members, self.activation, self.dropout = members, activation, dropout
 
