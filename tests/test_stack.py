@@ -75,12 +75,16 @@ def ready_module_with(actor: str, lam, **kw) -> ISEPModule:
     return module
 
 
-def test_per_run_lists_are_checked():
+def test_per_run_lists_are_checked(tmp_path, capsys):
     from isep.errors import ConfigError
     from tests.helpers import make_module
 
     with pytest.raises(ConfigError, match="one length"):
         make_module("gaussian", [0.0, 0.3], seed=[0, 1, 2])
+    # through the CLI: the same error before any run folder is made
+    assert main(["fit", *TOY, "--model.lam", "[0, 0.3]", "--model.seed", "[0, 1, 2]",
+                 "--trainer.default_root_dir", str(tmp_path / "runs")]) == 2
+    assert "one length" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="lam"):
         make_module("gaussian", [0.0, 1.3])
     with pytest.raises(ValueError, match="shape \\(2, N, S\\)"):

@@ -33,10 +33,12 @@ from isep.fast import AcceleratedStep, choose_mode
 from isep.models import GaussianActor, TwinQ, ValueFunction, VelocityField, guided_sample
 from isep.optim import StackedAdam
 from isep.rng import Draws, Stream, run_keys
+from isep.runs import STACK_FIELDS, stack_length
 
 Info = dict[str, torch.Tensor]
 PER_RUN_BUFFERS = ("lam", "expectile", "beta", "guidance", "deterministic", "keys", "active")
-PER_RUN_HPARAMS = ("lam", "expectile", "beta", "guidance", "policy_mix", "seed")
+VALIDATION_UPDATE = 2**31  # the update number that keys validation draws (never a training one)
+GRAPH_UPDATES_PER_CALL = 10  # a captured update is faster than one Lightning step (~0.1 ms)
 
 
 @dataclass
@@ -45,8 +47,6 @@ class RunRoutes:
 
     loggers: list[list]
     folders: list[Path]
-VALIDATION_UPDATE = 2**31  # the update number that keys validation draws (never a training one)
-GRAPH_UPDATES_PER_CALL = 10  # a captured update is faster than one Lightning step (~0.1 ms)
 
 
 def _per_run(name: str, value: Any, runs: int) -> list:
@@ -54,17 +54,6 @@ def _per_run(name: str, value: Any, runs: int) -> list:
     if len(values) != runs:
         raise ConfigError(f"model.{name} has {len(values)} values but the stack has {runs} runs")
     return values
-
-
-def _stack_size(**values: Any) -> int:
-    sizes = {len(v) for v in values.values() if isinstance(v, (list, tuple))}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{k}: {len(v)}" for k, v in values.items() if isinstance(v, (list, tuple)))
-        raise ConfigError(f"per-run lists must have one length (the number of runs); got {listed}")
-    size = sizes.pop() if sizes else 1
-    if size < 1:
-        raise ConfigError("a per-run list is empty: give at least one value")
-    return size
 
 
 class ISEPModule(L.LightningModule):
@@ -144,7 +133,7 @@ class ISEPModule(L.LightningModule):
         updates_per_call: int | None = None,
     ) -> None:
         super().__init__()
-        runs = _stack_size(lam=lam, expectile=expectile, beta=beta, guidance=guidance, policy_mix=policy_mix, seed=seed)
+        runs = stack_length(dict(lam=lam, expectile=expectile, beta=beta, guidance=guidance, policy_mix=policy_mix, seed=seed))
         lams = [float(x) for x in _per_run("lam", lam, runs)]
         taus = [float(x) for x in _per_run("expectile", expectile, runs)]
         mixes = _per_run("policy_mix", policy_mix, runs)
@@ -611,7 +600,7 @@ class ISEPModule(L.LightningModule):
         if not 0 <= run < self.runs:
             raise IndexError(f"run {run} out of range: this module holds {self.runs} runs (0..{self.runs - 1})")
         hparams = dict(self.hparams)
-        for name in PER_RUN_HPARAMS:
+        for name in STACK_FIELDS:
             value = hparams.get(name)
             hparams[name] = value[run] if isinstance(value, (list, tuple)) else value
         hparams["seed"] = self.seeds[run]

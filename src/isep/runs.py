@@ -16,6 +16,7 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from isep.errors import ConfigError
 
@@ -42,11 +43,22 @@ def run_seed(config: dict):
     return model.get("seed") if model.get("seed") is not None else config.get("seed_everything")
 
 
+def stack_length(values: dict[str, Any]) -> int:
+    """R: the common length of the lists among `values` (per-run settings; 1 when none is a list)."""
+    sizes = {len(v) for v in values.values() if isinstance(v, (list, tuple))}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{k}: {len(v)}" for k, v in values.items() if isinstance(v, (list, tuple)))
+        raise ConfigError(f"per-run lists must have one length (the number of runs); got {listed}")
+    size = sizes.pop() if sizes else 1
+    if size < 1:
+        raise ConfigError("a per-run list is empty: give at least one value")
+    return size
+
+
 def stack_size(config: dict) -> int:
     """R: the length of the model's per-run lists (1 for an ordinary run)."""
     model = config.get("model") or {}
-    sizes = {len(model[f]) for f in STACK_FIELDS if isinstance(model.get(f), (list, tuple))}
-    return max(sizes) if sizes else 1
+    return stack_length({f: model.get(f) for f in STACK_FIELDS})
 
 
 def _dataset_slug(data: dict) -> str:
