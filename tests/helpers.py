@@ -1,17 +1,31 @@
-"""Small builders shared by the update tests: a tiny module, batches, the update's draws."""
+"""Small builders shared by the tests: a tiny module on random data, batches, the update's draws,
+callbacks that steer a run from the CLI, and the run folders a fit writes."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
+from isep.data.buffer import TransitionBuffer
+from isep.data.transitions import Transitions
 from isep.module import ISEPModule
 from isep.rng import Draws
 
 OBS_DIM, ACT_DIM, B = 3, 2, 32
+ISEP = Path(sys.executable).with_name("isep")  # the installed console script
+
+
+def run_isep(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`isep ARGS` as a user runs it (in `cwd`, with `env` added to the environment)."""
+    return subprocess.run([str(ISEP), *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=timeout)
 
 
 def make_module(actor: str = "gaussian", lam: float | list[float] = 0.0, **kw) -> ISEPModule:
@@ -25,6 +39,22 @@ def make_module(actor: str = "gaussian", lam: float | list[float] = 0.0, **kw) -
     module.configure_optimizers()
     return module
 
+
+
+def small_buffer(n: int = 500, seed: int = 0) -> TransitionBuffer:
+    """Random transitions of the tiny shapes, resident on the CPU."""
+    return TransitionBuffer.from_transitions(Transitions.random(n, OBS_DIM, ACT_DIM, seed, terminal_prob=0.1,
+                                                                action_bound=0.9))
+
+
+def ready_module(actor: str, lam: float | list[float], fast: bool = False, max_reward: float = 1.0,
+                 **kw) -> ISEPModule:
+    """`make_module` with data attached (batch 16) and statistics set: ready to step.
+    `max_reward` sets the bound max r / (1 − γ) of the optional clip of Q̂."""
+    module = make_module(actor, lam, fast=fast, **kw)
+    module.attach_data(small_buffer(), 16)
+    module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(max_reward), torch.tensor(1.0))
+    return module
 
 def make_batch(seed: int = 1, batch: int = B) -> dict:
     """One run's batch, (B, ·)."""
@@ -76,3 +106,34 @@ class PauseAfterFirstEpoch(L.Callback):
 def callback_arg(cls: type, **init) -> list[str]:
     """The CLI arguments that add callback `cls` (a class of the tests package) to a run."""
     return ["--trainer.callbacks+", json.dumps({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init})]
+
+
+class StopAfter(L.Callback):
+    """Ends training gracefully after `epochs` epochs (the epoch's checkpoint is still written)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class PoisonAt(L.Callback):
+    """Sets the critic's weights to NaN once `step` updates are done (a forced divergence): all of
+    them, or only run `run`'s twins in a stack."""
+
+    def __init__(self, step: int, run: int | None = None):
+        self.step, self.run = step, run
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step:
+            rows = slice(None) if self.run is None else slice(2 * self.run, 2 * self.run + 2)
+            with torch.no_grad():
+                for p in pl_module.critic.parameters():
+                    p[rows].fill_(float("nan"))
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The run folders under `root` (a stack's folder, not its runs' sub-folders), sorted."""
+    return sorted(p.parent for p in root.rglob("config.yaml") if (p.parent / "checkpoints").is_dir())

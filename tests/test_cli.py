@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +10,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, SHARED_STORE, TINY
-
-def run_isep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it."""
-    exe = Path(sys.executable).with_name("isep")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+from tests.helpers import run_isep
 
 
 def read_metrics(root: Path) -> list[dict]:

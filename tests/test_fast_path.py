@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from isep.data.buffer import TransitionBuffer
-from isep.data.transitions import Transitions
 from isep.fast import AcceleratedStep, HostSyncCheck, choose_mode
 from isep.optim import StackedAdam
 from isep.rng import Draws, Stream, run_keys
-from tests.helpers import ACT_DIM, OBS_DIM, make_module
+from tests.helpers import ready_module, small_buffer
 
 VARIANTS = {
     "gaussian": dict(actor="gaussian", lam=0.3, actor_dropout=0.1, value_mix="bernoulli", clip_policy_q=True),
@@ -24,17 +23,9 @@ VARIANTS = {
 }
 
 
-def small_buffer(n: int = 500, seed: int = 0) -> TransitionBuffer:
-    return TransitionBuffer.from_transitions(Transitions.random(n, OBS_DIM, ACT_DIM, seed, terminal_prob=0.1,
-                                                                action_bound=0.9))
-
-
-def ready_module(variant: str, fast: bool, **kw):
+def ready_variant(variant: str, fast: bool, **kw):
     config = {**VARIANTS[variant], **kw}
-    module = make_module(config.pop("actor"), config.pop("lam"), fast=fast, **config)
-    module.attach_data(small_buffer(), 16)
-    module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(1.0), torch.tensor(1.0))
-    return module
+    return ready_module(config.pop("actor"), config.pop("lam"), fast=fast, **config)
 
 
 def state_tensors(module) -> dict[str, torch.Tensor]:
@@ -50,8 +41,8 @@ def state_tensors(module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", ["gaussian", "flow"])
 def test_compiled_update_equals_eager(variant):
-    eager = ready_module(variant, fast=False)
-    fast = ready_module(variant, fast=True)
+    eager = ready_variant(variant, fast=False)
+    fast = ready_variant(variant, fast=True)
     assert eager.fast_mode() == "eager" and fast.fast_mode() == "compile"
     start = {k: v.clone() for k, v in state_tensors(eager).items()}
     step_e, step_f = eager.step_function(), fast.step_function()
@@ -69,7 +60,7 @@ def test_compiled_update_equals_eager(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_update_reads_nothing_back_to_the_host(variant):
-    module = ready_module(variant, fast=False)
+    module = ready_variant(variant, fast=False)
     step = module.step_function()
     step()  # the first update too: nothing is allocated or decided on the host later
     with HostSyncCheck() as check:
@@ -105,7 +96,7 @@ def test_mode_choice():
 def test_cuda_graph_replays_the_eager_update(variant):
     modules = {}
     for fast in (False, True):
-        module = ready_module(variant, fast=fast).cuda()
+        module = ready_variant(variant, fast=fast).cuda()
         module.configure_optimizers()
         module.attach_data(TransitionBuffer(**{k: v.cuda() for k, v in vars(small_buffer()).items()}), 16)
         modules[fast] = module
@@ -185,7 +176,7 @@ def test_draws_have_the_right_distributions():
 
 
 def test_a_copied_module_draws_the_same_batches():
-    a = ready_module("gaussian", fast=False)
+    a = ready_variant("gaussian", fast=False)
     b = copy.deepcopy(a)
     a.step_function()()
     b.step_function()()
@@ -196,7 +187,7 @@ def test_a_copied_module_draws_the_same_batches():
 def test_many_compiled_modules_in_one_process():
     """Dynamo guards on the module: without a reset the 9th module hit `recompile_limit` and failed."""
     for _ in range(9):
-        module = ready_module("gaussian", fast=True)
+        module = ready_variant("gaussian", fast=True)
         step = module.step_function()
         step()
     assert int(module.updates) == 1 and torch.isfinite(module.metric_sum).all()

@@ -8,12 +8,10 @@ numbers are in the closing note of issue 6.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_isep
 
 
 @pytest.mark.slow
@@ -24,10 +22,8 @@ def test_figure_2_danger_zone_claims(tmp_path):
     of the danger zone. Does not hold: larger λ does not drift into the danger zone here (no λ puts
     more than 0.1 % of its samples there); instead every policy pushes its samples past the optimum
     at (0.6, 0.6) towards the action bound (mean first coordinate > 0.7)."""
-    exe = Path(sys.executable).with_name("isep")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    done = subprocess.run([str(exe), "figure", "fig2", "--num_cpus", "2"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    done = run_isep("figure", "fig2", "--num_cpus", "2", cwd=tmp_path,
+                    env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     numbers = json.loads((tmp_path / "outputs" / "figures" / "fig2.json").read_text())
     reward = {k: v["expected_reward"] for k, v in numbers.items()}

@@ -6,18 +6,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import callback_arg
+from tests.helpers import ISEP, PoisonAt, StopAfter, callback_arg, run_folders
 
 SMALL = [
     *TINY,
@@ -26,34 +24,6 @@ SMALL = [
     "--evaluation.episodes", "3",
     "--evaluation.max_episode_steps", "30",
 ]
-
-
-class StopAfter(L.Callback):
-    """Ends training gracefully after `epochs` epochs (the epoch's checkpoint is still written)."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
-
-
-class PoisonAt(L.Callback):
-    """Sets the critic's weights to NaN once `step` updates are done (a forced divergence)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                for p in pl_module.critic.parameters():
-                    p.fill_(float("nan"))
-
-
-def run_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("config.yaml"))
 
 
 def params(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -73,7 +43,7 @@ def test_rollout_evaluation_scores_a_trained_policy(use_store, mlflow_uri, tmp_p
     root = tmp_path / "runs"
     assert main(["fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL,
                  "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2", "--evaluation.every", "1"]) == 0
-    (run,) = run_dirs(root)
+    (run,) = run_folders(root)
     records = [json.loads(line) for line in (run / "eval_returns.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20]
     last = records[-1]
@@ -102,10 +72,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(config, fast, use_st
     assert main([*base, "--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
     resumed_root = str(tmp_path / "resumed")
     assert main([*base, "--trainer.default_root_dir", resumed_root, *callback_arg(StopAfter, epochs=2)]) == 0
-    (run,) = run_dirs(tmp_path / "resumed")
+    (run,) = run_folders(tmp_path / "resumed")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
     assert main([*base, "--trainer.default_root_dir", resumed_root, "--ckpt_path", "last"]) == 0
-    (straight,) = run_dirs(tmp_path / "straight")
+    (straight,) = run_folders(tmp_path / "straight")
     a, b = params(straight / "checkpoints" / "last.ckpt"), params(run / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
     for name in a:
@@ -120,8 +90,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(config, fast, use_st
 
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(use_store, tmp_path):
     root = tmp_path / "runs"
-    exe = Path(sys.executable).with_name("isep")
-    args = [str(exe), "fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL, "--mlflow.enabled", "false",
+    args = [str(ISEP), "fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL, "--mlflow.enabled", "false",
             "--trainer.default_root_dir", str(root), "--evaluation.every", "0", "--data.steps_per_epoch", "25"]
     proc = subprocess.Popen([*args, "--trainer.max_epochs", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=os.environ.copy())
@@ -159,7 +128,7 @@ def test_divergence_stops_with_the_loss_step_and_lambda(fast, use_store, mlflow_
     assert code == 2
     err = capsys.readouterr().err
     assert "training diverged at step 15 with λ = 0.2" in err and "critic/loss = nan" in err
-    (run,) = run_dirs(root)
+    (run,) = run_folders(root)
     good = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert good["global_step"] == 10 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
     client = mlflow.MlflowClient(mlflow_uri)
@@ -232,7 +201,7 @@ def test_a_repeated_run_never_replaces_an_earlier_one(tmp_path):
     args = ["fit", "--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--trainer.max_epochs", "1",
             "--evaluation.every", "0", "--mlflow.enabled", "false", "--trainer.default_root_dir", str(tmp_path / "runs")]
     assert main(args) == 0
-    (first,) = run_dirs(tmp_path / "runs")
+    (first,) = run_folders(tmp_path / "runs")
     before = (first / "checkpoints" / "last.ckpt").read_bytes()
     assert main([*args, "--seed_everything", "0"]) == 0
     second = first.with_name(first.name + ".1")

@@ -5,17 +5,13 @@ from separate runs'."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from isep.cli import main
-from isep.module import ISEPModule
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import callback_arg
-from tests.test_fast_path import ready_module
+from tests.helpers import PoisonAt, StopAfter, callback_arg, ready_module, run_folders
 
 STACKS = {
     "gaussian": dict(actor="gaussian", lam=[0.0, 0.3, 0.5], seed=[3, 4, 5], beta=[1.0, 2.0, 3.0], actor_dropout=0.1,
@@ -33,8 +29,8 @@ def separate(config: dict, run: int) -> dict:
 def test_a_stack_equals_its_runs_trained_apart(actor):
     config = dict(STACKS[actor])
     kind, lam = config.pop("actor"), config.pop("lam")
-    stack = ready_module_with(kind, lam, **config)
-    alone = [ready_module_with(kind, lam[r], **separate(config, r)) for r in range(3)]
+    stack = ready_module(kind, lam, max_reward=0.0, **config)
+    alone = [ready_module(kind, lam[r], max_reward=0.0, **separate(config, r)) for r in range(3)]
     step = stack.step_function()
     for _ in range(5):
         step()
@@ -64,17 +60,6 @@ def test_a_stack_equals_its_runs_trained_apart(actor):
     assert not torch.equal(alone[0].actor.net.layers[0].weight, alone[1].actor.net.layers[0].weight)
 
 
-def ready_module_with(actor: str, lam, **kw) -> ISEPModule:
-    from tests.helpers import make_module
-    from tests.test_fast_path import small_buffer
-
-    module = make_module(actor, lam, fast=False, **kw)
-    module.attach_data(small_buffer(), 16)
-    # bound max r / (1 − γ) = 0: the optional clip of Q̂ off the data cuts about half of the values
-    module.set_data_stats(torch.zeros(3), torch.ones(3), torch.tensor(0.0), torch.tensor(1.0))
-    return module
-
-
 def test_per_run_lists_are_checked(tmp_path, capsys):
     from isep.errors import ConfigError
     from tests.helpers import make_module
@@ -94,7 +79,7 @@ def test_per_run_lists_are_checked(tmp_path, capsys):
 
 
 def test_a_frozen_run_stops_moving_and_the_others_go_on():
-    stack = ready_module("gaussian", fast=False, lam=[0.0, 0.3], seed=[0, 1])
+    stack = ready_module("gaussian", [0.0, 0.3], seed=[0, 1], actor_dropout=0.1, value_mix="bernoulli", clip_policy_q=True)
     step = stack.step_function()
     step()
     stack._diverged(1, ["critic/loss = nan"])
@@ -114,23 +99,6 @@ def test_a_frozen_run_stops_moving_and_the_others_go_on():
 
 TOY = ["--config", str(CONFIGS / "toy" / "sparse_isep_fm.yaml"), *TINY, "--data.toy_size", "500",
        "--evaluation.every", "1"]
-
-
-def run_folders(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("config.yaml") if (p.parent / "checkpoints").is_dir())
-
-
-class PoisonRun(L.Callback):
-    """Sets run `run`'s critic weights to NaN once `step` updates are done."""
-
-    def __init__(self, run: int, step: int):
-        self.run, self.step = run, step
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                for p in pl_module.critic.parameters():
-                    p[2 * self.run : 2 * self.run + 2].fill_(float("nan"))
 
 
 def test_stacked_records_read_back_like_separate_runs(tmp_path, capsys):
@@ -167,8 +135,6 @@ def test_stacked_records_read_back_like_separate_runs(tmp_path, capsys):
 
 
 def test_stacked_resume_equals_an_uninterrupted_stack(tmp_path):
-    from tests.test_lifecycle import StopAfter, callback_arg
-
     base = ["fit", *TOY, "--stack.lam", "0,0.5", "--stack.seed", "0,1", "--trainer.max_epochs", "4",
             "--mlflow.enabled", "false"]
     assert main([*base, "--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
@@ -194,7 +160,7 @@ def test_one_run_of_a_stack_diverges_alone(tmp_path, capsys):
     import mlflow
 
     code = main(["fit", *TOY, "--stack.lam", "0,0.2,0.4", "--trainer.max_epochs", "4", "--mlflow.experiment", "nan",
-                 "--trainer.default_root_dir", str(tmp_path / "runs"), *callback_arg(PoisonRun, run=1, step=12)])
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), *callback_arg(PoisonAt, step=12, run=1)])
     assert code == 0
     client = mlflow.MlflowClient()
     runs = {r.data.tags["lam"]: r for r in client.search_runs([client.get_experiment_by_name("nan").experiment_id])}

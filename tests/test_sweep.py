@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import PauseAfterFirstEpoch, callback_arg
+from tests.helpers import ISEP, PauseAfterFirstEpoch, callback_arg, run_isep
 
 ROOT = CONFIGS.parent
 
@@ -46,9 +45,7 @@ def workdir(tmp_path_factory):
 
 def sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """`isep sweep` as a user runs it, in `workdir` (its ./mlflow.db, ./runs)."""
-    exe = Path(sys.executable).with_name("isep")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
-    return subprocess.run([str(exe), "sweep", *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+    return run_isep("sweep", *args, cwd=workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}, timeout=600)
 
 
 def client(workdir: Path):
@@ -110,9 +107,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint(workdir):
 
     g = parse_grid(options)
     point = g.points()[0]
-    exe = Path(sys.executable).with_name("isep")
     uri = absolute_uri(f"sqlite:///{workdir}/mlflow.db")
-    fit = [str(exe), "fit", *g.fit_args(point), "--trainer.default_root_dir", str(workdir / "runs"),
+    fit = [str(ISEP), "fit", *g.fit_args(point), "--trainer.default_root_dir", str(workdir / "runs"),
            "--mlflow.experiment", "resume", "--mlflow.tracking_uri", uri, "--trainer.enable_progress_bar", "false",
            *callback_arg(PauseAfterFirstEpoch)]  # it sleeps after epoch 0: killed at step 40
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -217,9 +213,8 @@ def test_guidance_evaluation_errors(tmp_path, capsys):
 
 
 def figure(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("isep")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
-    return subprocess.run([str(exe), "figure", *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+    """`isep figure` as a user runs it, in `workdir`."""
+    return run_isep("figure", *args, cwd=workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}, timeout=600)
 
 
 def test_figure_2_on_a_small_sweep(workdir):
