@@ -48,6 +48,19 @@ def synthetic_walker(n: int = 100_000, seed: int = 0):
     return Transitions.random(n, OBS_DIM, ACT_DIM, seed)
 
 
+def walker_buffer(device: str):
+    """The synthetic walker transitions, resident on `device` (every path draws its batches from these)."""
+    from isep.data.buffer import TransitionBuffer
+
+    return TransitionBuffer.from_transitions(synthetic_walker(), device)
+
+
+def data_stats() -> dict:
+    """The statistics the module keeps (a DataModule's `data_stats`): the same under `fit` and in the loop."""
+    return {"obs_mean": torch.zeros(OBS_DIM), "obs_std": torch.ones(OBS_DIM),
+            "max_reward": torch.tensor(1.0), "max_abs_reward": torch.tensor(1.0)}
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -60,14 +73,25 @@ def settings(actor: str, lam: float, runs: int = 1) -> dict:
     return kw
 
 
-def make_module(actor: str, lam: float, fast: bool, device: str, runs: int = 1):
-    from isep.data.buffer import TransitionBuffer
+def build_module(actor: str, lam: float, fast: bool, runs: int = 1):
+    """The bench's `ISEPModule` (walker2d shapes, the paper's settings), with its data statistics."""
     from isep.module import ISEPModule
 
     module = ISEPModule(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], log_every=1000,
-                        fast=fast, **settings(actor, lam, runs)).to(device)
+                        fast=fast, **settings(actor, lam, runs))
+    module.set_data_stats(**data_stats())
+    return module
+
+
+def make_module(actor: str, lam: float, fast: bool, device: str, total: int, runs: int = 1):
+    """The module ready for a plain loop, set up as `Trainer.fit(max_steps=total)` sets it up: data
+    statistics, optimizers, a cosine schedule over `total` updates (`configure_optimizers` reads
+    that length from the Trainer, which the loop has not), the resident dataset."""
+    module = build_module(actor, lam, fast, runs).to(device)
     module.configure_optimizers()
-    module.attach_data(TransitionBuffer.from_transitions(synthetic_walker(), device), BATCH)
+    module.planned_updates = total
+    module.schedule_total = total if module.hparams.actor_lr_schedule == "cosine" else None
+    module.attach_data(walker_buffer(device), BATCH)
     return module
 
 
@@ -84,38 +108,33 @@ def timed_windows(call: Callable[[], None], updates: int, windows: int, device: 
     return rates
 
 
-def warm(call: Callable[[], None], warmup: int, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        call()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def bench_reference(actor: str, lam: float, device: str, updates: int, warmup: int, windows: int) -> dict:
+def reference_step(actor: str, lam: float, device: str) -> Callable[[], None]:
+    """One `ReferenceISEP` update on a batch drawn the CORL way (`torch.randint` on the device) from
+    the same data as the module's."""
     from isep.bench.reference import ReferenceISEP
 
     ref = ReferenceISEP(OBS_DIM, ACT_DIM, actor, actor_hidden=ACTOR_HIDDEN[actor], device=device, **settings(actor, lam))
-    data = synthetic_walker()
-    fields = [torch.as_tensor(x, device=device) for x in (data.observations, data.actions, data.rewards,
-                                                          data.next_observations, data.terminals)]
-    n = len(data)
+    buffer = walker_buffer(device)
 
     def step() -> None:
-        idx = torch.randint(0, n, (BATCH,), device=device)
-        ref.step(*(f[idx] for f in fields))
+        b = buffer.gather(torch.randint(0, len(buffer), (BATCH,), device=device))
+        ref.step(b["observations"], b["actions"], b["rewards"], b["next_observations"], b["dones"])
 
-    warm(step, warmup, device)
+    return step
+
+
+def bench_reference(actor: str, lam: float, device: str, updates: int, warmup: int, windows: int) -> dict:
+    step = reference_step(actor, lam, device)
+    timed_windows(step, warmup, 1, device)
     return {"rates": timed_windows(step, updates, windows, device)}
 
 
 def bench_plain(actor: str, lam: float, fast: bool, device: str, updates: int, warmup: int, windows: int,
                 runs: int = 1) -> dict:
     """The module's update in a bare loop (no Lightning)."""
-    module = make_module(actor, lam, fast, device, runs)
+    module = make_module(actor, lam, fast, device, warmup + updates * windows, runs)
     step = module.step_function()
-    warm_s = warm(step, warmup, device)
+    warm_s = warmup / timed_windows(step, warmup, 1, device)[0]
     rates = timed_windows(step, updates, windows, device)
     return {"rates": rates, "setup_s": max(0.0, warm_s - warmup / statistics.median(rates)),
             "mode": module.fast_mode()}
@@ -125,8 +144,7 @@ def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, war
     """The same update driven by `Trainer.fit`, as `isep fit` runs it."""
     import lightning as L
 
-    from isep.data.buffer import TransitionBuffer, UpdateClock
-    from isep.module import ISEPModule
+    from isep.data.buffer import UpdateClock
 
     total = warmup + updates * windows
 
@@ -134,11 +152,10 @@ def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, war
         def __init__(self) -> None:
             super().__init__()
             self.batch_size, self.steps_per_epoch, self.updates_per_call = BATCH, total, 1
-            self.buffer = TransitionBuffer.from_transitions(synthetic_walker(), device)
+            self.buffer = walker_buffer(device)
 
         def data_stats(self) -> dict:
-            return {"obs_mean": torch.zeros(OBS_DIM), "obs_std": torch.ones(OBS_DIM),
-                    "max_reward": torch.tensor(1.0), "max_abs_reward": torch.tensor(1.0)}
+            return data_stats()
 
         def train_dataloader(self):
             return UpdateClock(self.steps_per_epoch, self.updates_per_call)
@@ -146,7 +163,6 @@ def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, war
     class Clock(L.Callback):
         def __init__(self) -> None:
             self.marks: list[tuple[int, float]] = []
-            self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, *args) -> None:
             step = trainer.global_step
@@ -155,8 +171,7 @@ def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, war
                 sync(device)
                 self.marks.append((step, time.perf_counter()))
 
-    module = ISEPModule(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], log_every=1000, fast=fast,
-                        **settings(actor, lam))
+    module = build_module(actor, lam, fast)
     clock = Clock()
     trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=total,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -164,7 +179,7 @@ def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, war
     trainer.fit(module, Data())
     marks = clock.marks
     rates = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(marks[:-1], marks[1:])]
-    return {"rates": rates, "setup_s": max(0.0, marks[0][1] - clock.start - marks[0][0] / statistics.median(rates))}
+    return {"rates": rates}
 
 
 def _dispatched_ops(call: Callable[[], None]) -> tuple[int, int]:
@@ -186,24 +201,19 @@ def _dispatched_ops(call: Callable[[], None]) -> tuple[int, int]:
     return counts["all"], counts["mm"]
 
 
-def kernels_per_update(actor: str, lam: float, device: str) -> dict:
-    """Kernels launched by one update: eager, reference and fast path."""
+def kernels_per_update(actor: str, lam: float, device: str, total: int) -> dict:
+    """Kernels launched by one update (of a run of `total`): eager, reference and fast path."""
     out: dict = {}
-    eager = make_module(actor, lam, False, device)
+    eager = make_module(actor, lam, False, device, total)
     step = eager.step_function()
     step()
     if device == "cpu":
         out["eager"], matmuls = _dispatched_ops(step)
-        from isep.bench.reference import ReferenceISEP
-
-        ref = ReferenceISEP(OBS_DIM, ACT_DIM, actor, actor_hidden=ACTOR_HIDDEN[actor], **settings(actor, lam))
-        batch = [torch.randn(BATCH, OBS_DIM), torch.rand(BATCH, ACT_DIM) * 2 - 1, torch.randn(BATCH),
-                 torch.randn(BATCH, OBS_DIM), torch.zeros(BATCH)]
-        out["reference"], _ = _dispatched_ops(lambda: ref.step(*batch))
+        out["reference"], _ = _dispatched_ops(reference_step(actor, lam, device))  # the timed step, draw included
         import torch._inductor.config as inductor_config
         import torch._inductor.metrics as inductor_metrics
 
-        fast = make_module(actor, lam, True, device).step_function()
+        fast = make_module(actor, lam, True, device, total).step_function()
         inductor_metrics.reset()
         with inductor_config.patch(fx_graph_cache=False):  # count what a fresh compile generates
             fast()
@@ -219,7 +229,7 @@ def kernels_per_update(actor: str, lam: float, device: str) -> dict:
         return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n
 
     out["eager"] = cuda_kernels(step)
-    fast = make_module(actor, lam, True, device).step_function()
+    fast = make_module(actor, lam, True, device, total).step_function()
     for _ in range(6):
         fast()
     out["fast"] = cuda_kernels(fast)
@@ -230,8 +240,8 @@ def bench_evaluation(actor: str, device: str, episodes: int = 10, steps: int = 2
     """Environment steps/s of `RolloutEvaluation` with a paper-sized (untrained) policy."""
     from isep.callbacks.evaluation import RolloutEvaluation
 
-    module = make_module(actor, 0.0, False, device)
-    evaluation = RolloutEvaluation(episodes=episodes, num_envs=10, max_episode_steps=steps, env_id="HalfCheetah-v5")
+    module = build_module(actor, 0.0, False).to(device)
+    evaluation = RolloutEvaluation(episodes=episodes, num_envs=10, max_episode_steps=steps)
     evaluation.prepare("HalfCheetah-v5", None, None, OBS_DIM, ACT_DIM)
     (metrics, _), = evaluation.rollouts(module, None)
     return metrics["eval/env_steps_per_s"]
@@ -248,10 +258,11 @@ def bench_stack(actor: str, runs: int, fast: bool, device: str, windows: int, qu
             "setup_s": round(result["setup_s"], 1)}
 
 
-def process_worker(actor: str, lam: float, seconds: float, threads: int) -> None:
-    """One run's eager update in a loop for `seconds` after its warm-up; prints its updates/s."""
-    torch.set_num_threads(threads)
-    step = make_module(actor, lam, False, "cpu").step_function()
+def process_worker(actor: str, lam: float, seconds: float, total: int) -> None:
+    """One run's eager update (of a run of `total`) on one thread in a loop for `seconds` after its
+    warm-up; prints its updates/s."""
+    torch.set_num_threads(1)
+    step = make_module(actor, lam, False, "cpu", total).step_function()
     for _ in range(3):
         step()
     start, done = time.perf_counter(), 0
@@ -268,8 +279,9 @@ def bench_processes(actor: str, n: int, seconds: float) -> dict:
     import sys
 
     lam = PAPER[actor]["lam"]
+    total = 1_000_000  # a schedule as long as a real run: on, like the stacked runs'; its length does not matter
     code = (f"from isep.bench.throughput import process_worker; "
-            f"process_worker({actor!r}, {lam}, {seconds}, 1)")
+            f"process_worker({actor!r}, {lam}, {seconds}, {total})")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
     rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["updates_per_s"] for p in procs]
     threads = torch.get_num_threads()
@@ -313,15 +325,15 @@ def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool
                 log(json.dumps(versus[-1]))
         for actor in actors if updates else ():
             for lam in (0.0, PAPER[actor]["lam"]):
-                updates, warmup = plan(device, actor, lam, quick)
-                args = (actor, lam, device, updates, warmup, windows)
-                ref = bench_reference(*args)
-                eager_plain = bench_plain(actor, lam, False, device, updates, warmup, windows)
-                eager_fit = bench_fit(actor, lam, False, device, updates, warmup, windows)
-                fast_plain = bench_plain(actor, lam, True, device, updates, warmup, windows)
-                fast_fit = bench_fit(actor, lam, True, device, updates, warmup, windows)
+                per_window, warmup = plan(device, actor, lam, quick)
+                timing = (device, per_window, warmup, windows)
+                ref = bench_reference(actor, lam, *timing)
+                eager_plain = bench_plain(actor, lam, False, *timing)
+                eager_fit = bench_fit(actor, lam, False, *timing)
+                fast_plain = bench_plain(actor, lam, True, *timing)
+                fast_fit = bench_fit(actor, lam, True, *timing)
                 row = {
-                    "device": device, "actor": actor, "lam": lam, "batch": BATCH, "updates_per_window": updates,
+                    "device": device, "actor": actor, "lam": lam, "batch": BATCH, "updates_per_window": per_window,
                     "windows": windows, "fast_mode": fast_plain["mode"],
                     "reference": median(ref), "eager_plain": median(eager_plain), "eager_fit": median(eager_fit),
                     "fast_plain": median(fast_plain), "fast_fit": median(fast_fit),
@@ -334,7 +346,7 @@ def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool
                 row["fast_fit_over_plain_time"] = round(row["fast_plain"] / row["fast_fit"], 3)
                 row["fast_fit_over_reference"] = round(row["fast_fit"] / row["reference"], 2)
                 if kernels:
-                    row["kernels_per_update"] = kernels_per_update(actor, lam, device)
+                    row["kernels_per_update"] = kernels_per_update(actor, lam, device, warmup + per_window * windows)
                 rows.append(row)
                 log(json.dumps({k: v for k, v in row.items() if k != "raw"}))
         if evaluation:
@@ -361,8 +373,6 @@ def markdown(result: dict) -> str:
             f"{r['fast_fit_over_plain_time']} | {r['fast_fit_over_reference']}× | {r['fast_setup_s']} | {kernels} |"
         )
     lines.append("\nUpdates/s, median of the timed windows; batch 256, walker2d shapes, Appendix C networks.")
-    if not result["rows"]:
-        lines = lines[-1:]
     if result.get("stacked"):
         lines += ["", "| device | actor | λ | stacked runs | mode | updates/s per run | aggregate updates/s |",
                   "|---|---|---|---|---|---|---|"]
@@ -411,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import lightning
 
     result["meta"] = {"torch": torch.__version__, "lightning": lightning.__version__, "threads": args.threads,
-                      "machine": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(),
+                      "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                       "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                       "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(args.out)
