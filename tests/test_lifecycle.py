@@ -211,3 +211,31 @@ def test_a_repeated_run_never_replaces_an_earlier_one(tmp_path):
     assert main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
     assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
     assert (first / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_evaluations_happen_as_planned(tmp_path):
+    """The rule the sweep plans ASHA's horizon with is the one the evaluation callback follows."""
+    from isep.callbacks.evaluation import planned_evaluations
+
+    for epochs, steps, every in ((5, -1, 2), (-1, 25, 2)):
+        root = tmp_path / f"e{epochs}s{steps}"
+        assert main(["fit", "--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--data.toy_size", "500",
+                     "--data.steps_per_epoch", "10", "--trainer.max_epochs", str(epochs), "--trainer.max_steps", str(steps),
+                     "--evaluation.every", str(every), "--mlflow.enabled", "false",
+                     "--trainer.default_root_dir", str(root)]) == 0
+        (run,) = run_folders(root)
+        records = (run / "eval_returns.jsonl").read_text().splitlines()
+        assert len(records) == planned_evaluations(every, epochs, steps, 10) == (3 if epochs == 5 else 2)
+
+
+def test_evaluation_guidance_reaches_the_toy_bandit():
+    from isep.callbacks.evaluation import RolloutEvaluation
+    from isep.data.datamodule import D4RLDataModule
+    from isep.module import ISEPModule
+
+    dm = D4RLDataModule(dataset="toy/sparse-optimum", toy_size=500)
+    module = ISEPModule(obs_dim=1, act_dim=2, actor="flow", guidance=1.0, critic_hidden=[8], actor_hidden=[16, 16],
+                        flow_steps=3, seed=0)
+    reward = {w: RolloutEvaluation(guidance=w).measure(module, dm)[0][0]["eval/expected_reward"] for w in (None, 1.0, 4.0)}
+    assert reward[None] == reward[1.0]  # the trained w
+    assert reward[4.0] != reward[1.0]

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from isep.errors import ConfigError
-
-RUN_ID_FILE = "mlflow_run_id"
+from isep.runs import RUN_ID_FILE, run_checkpoint, stack_member
 
 
 def parse_floats(text: str, name: str) -> list[float]:
@@ -34,16 +33,13 @@ def parse_floats(text: str, name: str) -> list[float]:
 def locate(ckpt: str, run: int | None) -> tuple[Path, Path, int | None]:
     """(checkpoint file, the run's folder, its index in a stack) from a checkpoint, a run folder,
     or a stacked run's folder (which names its stack's checkpoint and its index)."""
-    from isep.runs import stack_member
-
     path = Path(ckpt)
-    member = stack_member(path) if path.is_dir() else None
-    if member is not None:
-        if run is not None and run != member[1]:
-            raise ConfigError(f"{path} is run {member[1]} of its stack; --run {run} names another")
-        path, run = member[0], member[1]
-    elif path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+    if path.is_dir():
+        folder, (path, index) = path, run_checkpoint(path)
+        if index is not None:
+            if run is not None and run != index:
+                raise ConfigError(f"{folder} is run {index} of its stack; --run {run} names another")
+            run = index
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}: pass a .ckpt file or a run folder holding checkpoints/last.ckpt")
     stack_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -85,35 +81,21 @@ def load_run(ckpt: Path, run_dir: Path, device: str, run: int | None = None):
 def evaluate_weights(module, config: dict, weights: list[float | None], episodes: int | None, num_envs: int,
                      seed: int, env_id: str | None, max_episode_steps: int | None) -> list[dict]:
     """One record per guidance weight (None = the trained w): metrics as the evaluation callback logs them."""
-    import torch
-
     from isep.callbacks.evaluation import RolloutEvaluation
     from isep.data.datamodule import D4RLDataModule
-    from isep.evaluation import toy_expected_reward
 
     data = config.get("data") or {}
-    dm = D4RLDataModule(dataset=data.get("dataset", "toy/sparse-optimum"), obs_keys=data.get("obs_keys"),
-                        toy_size=data.get("toy_size", 10_000), toy_seed=data.get("toy_seed", 0))
+    dm = D4RLDataModule(**{k: data[k] for k in ("dataset", "obs_keys", "toy_size", "toy_seed") if k in data})
     if dm.toy is None and dm.task is None:
         dm.load_transitions()  # the dataset's own reference scores live in its metadata
     records = []
     evaluation = RolloutEvaluation(episodes=episodes, num_envs=num_envs, seed=seed, env_id=env_id,
                                    max_episode_steps=max_episode_steps)
-    if dm.toy is None:
-        dataset_id = dm.minari_ids[0] if dm.minari_ids else None
-        evaluation.prepare(env_id or dm.env_id, None if env_id else dataset_id, dm.obs_keys,
-                           module.hparams.obs_dim, module.hparams.act_dim)
-        evaluation.episodes = episodes or (dm.task.eval_episodes if dm.task is not None else 20)
+    evaluation.prepare_for(dm, module.hparams.obs_dim, module.hparams.act_dim)
     for w in weights:
         evaluation.guidance = w
         start = time.perf_counter()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            if dm.toy is not None:
-                reward = toy_expected_reward(module, dm.toy, guidance=w, generators=module.generators(seed))[0]
-                metrics, record = {"eval/expected_reward": reward, "eval/score": reward}, {}
-            else:
-                metrics, record = evaluation.rollouts(module, dm.ref_scores)[0]
+        metrics, record = evaluation.measure(module, dm)[0]
         used = w if w is not None else float(module.guidance.flatten()[0])
         records.append({"guidance": used, **metrics, "seconds": time.perf_counter() - start,
                         **{k: v for k, v in record.items() if k in ("returns", "seeds")}})

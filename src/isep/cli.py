@@ -20,6 +20,7 @@ from typing import Sequence
 
 from isep.errors import ConfigError, ISEPError
 from isep.runs import (
+    RUN_ID_FILE,
     STACK_FIELDS,
     STACK_FILE,
     choose_run_dir,
@@ -29,6 +30,7 @@ from isep.runs import (
     run_key,
     run_name,
     run_seed,
+    stack_size,
     trial_key,
 )
 
@@ -38,7 +40,6 @@ TRAINER_DEFAULTS = {
     # drop them, so its own cadence is every step.
     "log_every_n_steps": 1,
 }
-RUN_ID_FILE = "mlflow_run_id"
 
 
 def _check_writable(folder: Path) -> None:
@@ -89,15 +90,14 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
             path = Path(trainer.default_root_dir) / "config.yaml"
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
             configs = per_run_configs(self.config.as_dict())
-            routes = pl_module.routes
-            for run, config in enumerate(configs):
-                folder = routes.folders[run] if routes else Path(trainer.default_root_dir)
+            routes = pl_module.run_routes()
+            for config, folder, loggers in zip(configs, routes.folders, routes.loggers):
                 run_file = path
                 if len(configs) > 1:  # each run's own config: what it would have been alone
                     run_file = folder / "config.yaml"
                     run_file.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False))
                 params = {k: str(v)[:500] for k, v in flat("", config).items() if k != "config"}
-                for logger in (routes.loggers[run] if routes else trainer.loggers):
+                for logger in loggers:
                     if isinstance(logger, MLFlowLogger):
                         log_run_params(logger, params)
                         logger.experiment.log_artifact(logger.run_id, str(run_file))
@@ -161,32 +161,38 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
             configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
             configured = configured if isinstance(configured, list) else [configured]
             kwargs["callbacks"] = callbacks + configured + list(kwargs.get("callbacks") or [])
-            routes = None
-            if plain["trainer"].get("logger") in (None, True):
+            logger, routes = plain["trainer"].get("logger"), None
+            if logger in (None, True):
                 routes = self._run_routes(plain)
                 kwargs["logger"] = [lg for loggers in routes.loggers for lg in loggers]
+            elif stack_size(plain) > 1:  # each run of a stack keeps its own folder, even without loggers
+                if logger is not False:
+                    raise ConfigError("a stack logs each run to its own CSV and MLflow records: leave --trainer.logger "
+                                      "unset (or false), or train the runs apart")
+                routes = self._run_routes(plain, loggers=False)
             trainer = super().instantiate_trainer(**kwargs)
             self.model.routes = routes
             return trainer
 
-        def _run_routes(self, plain: dict) -> RunRoutes:
-            """Each run's folder and loggers (CSV, and MLflow when fitting): a stack's runs each get
-            a sub-folder and an MLflow run of their own, as if they had been run alone."""
+        def _run_routes(self, plain: dict, loggers: bool = True) -> RunRoutes:
+            """Each run's folder and loggers (CSV, and MLflow when fitting; none with `loggers`
+            False): a stack's runs each get a sub-folder and an MLflow run of their own, as if they
+            had been run alone."""
             configs = per_run_configs(plain)
             stacked = len(configs) > 1
-            commit = git_commit() if plain["mlflow"]["enabled"] and self.subcommand == "fit" else None
-            folders, loggers = [], []
+            commit = git_commit() if loggers and plain["mlflow"]["enabled"] and self.subcommand == "fit" else None
+            folders, per_run = [], []
             for index, config in enumerate(configs):
                 folder = self.run_dir / f"run{index}-{run_name(config)}" if stacked else self.run_dir
                 if stacked and self.subcommand == "fit":
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / STACK_FILE).write_text(json.dumps({"checkpoint": "../checkpoints/last.ckpt", "index": index}))
-                run_loggers = [CSVLogger(folder, name="csv")]
-                if plain["mlflow"]["enabled"] and self.subcommand == "fit":
+                run_loggers = [CSVLogger(folder, name="csv")] if loggers else []
+                if loggers and plain["mlflow"]["enabled"] and self.subcommand == "fit":
                     run_loggers.insert(0, self._mlflow_logger(config, folder, index if stacked else None, commit))
                 folders.append(folder)
-                loggers.append(run_loggers)
-            return RunRoutes(loggers, folders)
+                per_run.append(run_loggers)
+            return RunRoutes(per_run, folders)
 
         def _mlflow_logger(self, plain: dict, folder: Path, stack_index: int | None, commit: str):
             model, data = plain["model"], plain["data"]

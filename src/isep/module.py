@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from isep import losses
+from isep.callbacks.tracking import RunLogger
 from isep.errors import ConfigError, DivergenceError
 from isep.fast import AcceleratedStep, choose_mode
 from isep.models import GaussianActor, TwinQ, ValueFunction, VelocityField, guided_sample
@@ -563,11 +564,11 @@ class ISEPModule(L.LightningModule):
 
     def _report_failures(self) -> None:
         """Mark the frozen runs' records failed (their loggers that can: `RunLogger.fail`)."""
-        if self.routes is None:
+        if self.routes is None:  # no records of their own (only a stack has frozen runs)
             return
         for run, reason in self.failures.items():
             for logger in self.routes.loggers[run]:
-                if hasattr(logger, "fail"):
+                if isinstance(logger, RunLogger):
                     logger.fail(reason)
 
     def on_fit_start(self) -> None:
@@ -579,18 +580,23 @@ class ISEPModule(L.LightningModule):
         Straight to the loggers: `self.log` would re-log stale step values on every later step
         and costs ~0.8 ms a call."""
         step = self.global_step if step is None else step
+        routes = self.run_routes()
         for r, metrics in enumerate(per_run):
             if r in self.failures and self.runs > 1:
                 continue
-            for logger in (self.routes.loggers[r] if self.routes else self.loggers):
+            for logger in routes.loggers[r]:
                 logger.log_metrics(metrics, step=step)
 
-    def run_folder(self, run: int) -> Path:
-        """The folder of run `run`'s records (evaluation returns, CSV): the run folder of a single
-        run, a sub-folder of the stack's folder for a stacked one."""
+    def run_routes(self) -> RunRoutes:
+        """Each run's loggers and folder (evaluation returns, CSV, config): those the CLI set (a
+        stack's runs each have a sub-folder and loggers of their own), else, for one run, the
+        Trainer's loggers and folder."""
         if self.routes is not None:
-            return self.routes.folders[run]
-        return Path(self.trainer.default_root_dir)
+            return self.routes
+        if self.runs > 1:
+            raise RuntimeError(f"a stack of {self.runs} runs writes each run to its own folder and loggers: train it "
+                               "with `isep fit`, or set `module.routes` (a RunRoutes) before fitting")
+        return RunRoutes([list(self.loggers)], [Path(self.trainer.default_root_dir)])
 
     # -- one run out of a stack ---------------------------------------------------------------------
 

@@ -171,6 +171,7 @@ def choose_run_dir(base: Path, resume: bool) -> Path:
 
 
 STACK_FILE = "stack.json"  # in a stacked run's folder: where its checkpoint is, and its index
+RUN_ID_FILE = "mlflow_run_id"  # in a run's folder: its MLflow run, which a resumed fit continues
 
 
 def stack_member(folder: Path) -> tuple[Path, int] | None:
@@ -180,3 +181,10 @@ def stack_member(folder: Path) -> tuple[Path, int] | None:
         return None
     info = json.loads(pointer.read_text())
     return (Path(folder) / info["checkpoint"]).resolve(), int(info["index"])
+
+
+def run_checkpoint(folder: Path) -> tuple[Path, int | None]:
+    """A run folder's `last.ckpt` and the run's index in it: (its `checkpoints/last.ckpt`, None),
+    or for a stacked run's folder (its stack's checkpoint, its index). The file may not exist."""
+    member = stack_member(folder)
+    return member if member else (Path(folder) / "checkpoints" / "last.ckpt", None)

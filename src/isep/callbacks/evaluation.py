@@ -56,12 +56,16 @@ class RolloutEvaluation(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every <= 0:
             return
-        dm = trainer.datamodule
+        self.prepare_for(trainer.datamodule, pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
+
+    def prepare_for(self, dm, obs_dim: int, act_dim: int) -> None:
+        """Set up the evaluation of a model on `dm`'s task: its env (`env_id`, else the dataset's own
+        evaluation env, else the registry's) and its number of episodes (the task's, else 20).
+        Nothing to set up for a toy bandit (its expected reward is exact)."""
         if getattr(dm, "toy", None) is not None:
             return
         dataset_id = dm.minari_ids[0] if dm.minari_ids else None
-        self.prepare(self.env_id or dm.env_id, None if self.env_id else dataset_id, dm.obs_keys,
-                     pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
+        self.prepare(self.env_id or dm.env_id, None if self.env_id else dataset_id, dm.obs_keys, obs_dim, act_dim)
         if self.episodes is None:
             self.episodes = dm.task.eval_episodes if dm.task is not None else 20
 
@@ -85,13 +89,8 @@ class RolloutEvaluation(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         if trainer.global_step == self._last_evaluated_step:
             return self.history[-1] if self.history else {}
-        dm = trainer.datamodule
         start = time.perf_counter()
-        if getattr(dm, "toy", None) is not None:
-            per_run = [({"eval/expected_reward": r, "eval/score": r}, {"eval/expected_reward": r, "eval/score": r})
-                       for r in toy_expected_reward(pl_module, dm.toy, generators=pl_module.generators(self.seed))]
-        else:
-            per_run = self.rollouts(pl_module, dm.ref_scores)
+        per_run = self.measure(pl_module, trainer.datamodule)
         seconds = time.perf_counter() - start
         step = trainer.global_step
         metrics = [{**m, "eval/seconds": seconds} for m, _ in per_run]
@@ -103,12 +102,20 @@ class RolloutEvaluation(L.Callback):
         score = sum(live) / len(live)
         pl_module.log("eval/score", score, on_step=False, on_epoch=True, prog_bar=True, logger=False)
         records = [{"step": step, **record} for _, record in per_run]
-        for run, record in enumerate(records):
-            self._write(pl_module.run_folder(run), record)
+        for folder, record in zip(pl_module.run_routes().folders, records):
+            self._write(folder, record)
         summary = records[0] if len(records) == 1 else {"step": step, "eval/score": score, "runs": records}
         self.history.append(summary)
         self._last_evaluated_step = step
         return summary
+
+    def measure(self, pl_module: L.LightningModule, dm) -> list[tuple[dict, dict]]:
+        """Per run: its metrics and its record. A toy bandit's exact expected reward of the policy's
+        samples, else `rollouts` (after `prepare_for`). Noise from generators seeded with `seed`."""
+        if getattr(dm, "toy", None) is None:
+            return self.rollouts(pl_module, dm.ref_scores)
+        rewards = toy_expected_reward(pl_module, dm.toy, guidance=self.guidance, generators=pl_module.generators(self.seed))
+        return [({"eval/expected_reward": r, "eval/score": r}, {"eval/expected_reward": r, "eval/score": r}) for r in rewards]
 
     def rollouts(self, pl_module: L.LightningModule, ref_scores: tuple[float, float] | None) -> list[tuple[dict, dict]]:
         """`episodes` rollouts of each run's policy (after `prepare`), all runs stepped in one vector
@@ -165,3 +172,16 @@ def _is_last_epoch(trainer: L.Trainer) -> bool:
         return True
     return trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
 
+
+def planned_evaluations(every: int, max_epochs: int | None, max_steps: int | None, steps_per_epoch: int) -> int:
+    """How many evaluations a fit makes (the rule of `on_train_epoch_end`): every `every` epochs
+    and at the last one, whether `max_epochs` or `max_steps` ends the training."""
+    if every <= 0:
+        return 0
+    ends = [max_epochs] if max_epochs is not None and max_epochs > 0 else []
+    if max_steps is not None and max_steps > 0:
+        ends.append(-(-max_steps // steps_per_epoch))
+    if not ends:
+        return 0
+    epochs = min(ends)
+    return -(-epochs // every)

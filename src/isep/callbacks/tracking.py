@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import MLFlowLogger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -30,25 +31,25 @@ def git_commit() -> str:
         return "unknown"
 
 
-def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: dict[str, str], run_id: str | None):
-    """A `RunLogger` (Lightning's MLFlowLogger) with an explicit URI (its default is read at import and fails)."""
-    from lightning.pytorch.loggers import MLFlowLogger
+class RunLogger(MLFlowLogger):
+    """One run's MLflow record (Lightning's MLFlowLogger). `fail(reason)` ends it as FAILED at
+    once (a run of a stack that diverged while the others go on), and Lightning's final status
+    does not undo it."""
 
-    class RunLogger(MLFlowLogger):
-        """One run's MLflow record. `fail(reason)` ends it as FAILED at once (a run of a stack
-        that diverged while the others go on), and Lightning's final status does not undo it."""
+    failed = False
 
-        failed = False
+    def fail(self, reason: str) -> None:
+        self.experiment.set_tag(self.run_id, "failure_reason", reason[:4000])
+        self.experiment.set_terminated(self.run_id, "FAILED")
+        self.failed = True
 
-        def fail(self, reason: str) -> None:
-            self.experiment.set_tag(self.run_id, "failure_reason", reason[:4000])
-            self.experiment.set_terminated(self.run_id, "FAILED")
-            self.failed = True
+    def finalize(self, status: str = "success") -> None:
+        if not self.failed:
+            super().finalize(status)
 
-        def finalize(self, status: str = "success") -> None:
-            if not self.failed:
-                super().finalize(status)
 
+def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: dict[str, str], run_id: str | None) -> RunLogger:
+    """A `RunLogger` with an explicit URI (MLFlowLogger's default is read at import and fails)."""
     return RunLogger(
         experiment_name=experiment,
         run_name=run_name,
@@ -59,18 +60,11 @@ def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: di
     )
 
 
-def _is_mlflow(logger) -> bool:
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return isinstance(logger, MLFlowLogger)
-
-
-def _runs(trainer: L.Trainer, pl_module: L.LightningModule) -> list[tuple[list, Path]]:
-    """(MLflow loggers, folder) of each run: the module's routes, else the Trainer's."""
-    routes = getattr(pl_module, "routes", None)
-    if routes is None:
-        return [([lg for lg in trainer.loggers if _is_mlflow(lg)], Path(trainer.default_root_dir))]
-    return [([lg for lg in loggers if _is_mlflow(lg)], folder) for loggers, folder in zip(routes.loggers, routes.folders)]
+def _runs(pl_module: L.LightningModule) -> list[tuple[list, Path]]:
+    """(MLflow loggers, folder) of each run."""
+    routes = pl_module.run_routes()
+    return [([lg for lg in loggers if isinstance(lg, MLFlowLogger)], folder)
+            for loggers, folder in zip(routes.loggers, routes.folders)]
 
 
 class MLflowRunRecord(L.Callback):
@@ -80,8 +74,8 @@ class MLflowRunRecord(L.Callback):
     the reason (`failure_reason` tag), e.g. the divergence stop's message."""
 
     @staticmethod
-    def _log_returns(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for loggers, folder in _runs(trainer, pl_module):
+    def _log_returns(runs: list[tuple[list, Path]]) -> None:
+        for loggers, folder in runs:
             path = folder / "eval_returns.jsonl"
             for logger in loggers:
                 if path.is_file():
@@ -90,25 +84,30 @@ class MLflowRunRecord(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from isep.callbacks.checkpoint import BestCheckpoint
 
-        self._log_returns(trainer, pl_module)
-        if getattr(pl_module, "runs", 1) > 1:
+        runs = _runs(pl_module)
+        self._log_returns(runs)
+        if pl_module.runs > 1:
             return
         best = [cb.best_model_path for cb in trainer.callbacks if isinstance(cb, BestCheckpoint) and cb.best_model_path]
-        for loggers, _ in _runs(trainer, pl_module):
+        for loggers, _ in runs:
             for logger in loggers:
                 for path in best:
                     logger.experiment.log_artifact(logger.run_id, path, "checkpoints")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        for loggers, _ in _runs(trainer, pl_module):
+        try:  # never hide the original error
+            runs = _runs(pl_module)
+        except Exception:  # noqa: BLE001
+            return
+        for loggers, _ in runs:
             for logger in loggers:
-                if getattr(logger, "failed", False):
+                if isinstance(logger, RunLogger) and logger.failed:
                     continue
                 try:
                     logger.experiment.set_tag(logger.run_id, "failure_reason", f"{type(exception).__name__}: {exception}"[:4000])
-                except Exception:  # noqa: BLE001  (never hide the original error)
+                except Exception:  # noqa: BLE001
                     pass
         try:
-            self._log_returns(trainer, pl_module)
+            self._log_returns(runs)
         except Exception:  # noqa: BLE001
             pass
