@@ -88,6 +88,7 @@ def test_toy_sweep_runs_each_trial_once_under_one_parent(workdir, toy_sweep):
     run_dir = Path(trials[0].data.tags["run_dir"])
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "config.yaml").is_file()
     assert "expected_reward" in done.stdout  # the compare table of the toy's metric
+    assert "not an isep training run" not in done.stdout  # the parent run is no row and no "skipped" note
     assert (workdir / "outputs" / "sweeps" / "toy" / "figure5.png").is_file()
 
     again = sweep(workdir, *TOY_GRID)
@@ -225,6 +226,47 @@ def test_figure_2_on_a_small_sweep(workdir):
     numbers = json.loads((workdir / "outputs" / "figures" / "fig2.json").read_text())
     assert set(numbers) == {"λ=0", "λ=0.5"}
     assert all(0 <= v["share_high"] <= 1 and 0 <= v["share_danger"] <= 1 for v in numbers.values())
+
+
+def test_figure_options_pass_to_the_sweep_flags_included(workdir):
+    from isep.errors import ConfigError
+    from isep.figures.cli import sweep_argv
+
+    argv, name = sweep_argv({"config": str(CONFIGS / "toy" / "sparse_gaussian.yaml"), "lam": [0, 0.5], "name": "f"},
+                            ["--dry_run", "--seeds", "0-1", "--retry_failed"])
+    assert name == "f" and argv[-4:] == ["--dry_run", "--seeds", "0-1", "--retry_failed"]
+    assert argv[argv.index("--lam") + 1] == "0,0.5"
+    with pytest.raises(ConfigError, match="needs a value"):
+        sweep_argv({"name": "f"}, ["--num_cpus"])
+    done = figure(workdir, "fig2", "--lam", "0,0.5", "--name", "fig2-plan", "--dry_run", *TOY, *RAY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 trials, 2 to run" in done.stdout and not runs_of(workdir, "fig2-plan")  # planned, nothing run or drawn
+    assert "wrote" not in done.stdout
+
+
+def test_figure_runs_are_listed_in_seed_order():
+    from types import SimpleNamespace
+
+    from isep.figures.common import run_dirs
+
+    runs = [SimpleNamespace(seed=s, run_dir=f"runs/seed{s}") for s in ("10", "2", "1")]
+    assert run_dirs({"key": SimpleNamespace(runs=runs)}) == {"key": ["runs/seed1", "runs/seed2", "runs/seed10"]}
+
+
+def test_asha_horizon_counts_every_evaluation():
+    from isep.callbacks.evaluation import planned_evaluations
+
+    assert planned_evaluations(10, 25, None, 1000) == 3  # epochs 10, 20 and the last, 25
+    assert planned_evaluations(2, 4, -1, 1000) == 2
+    assert planned_evaluations(2, -1, 25, 10) == 2  # max_steps: 3 epochs (the last one partial)
+    assert planned_evaluations(0, 10, None, 1000) == 0
+    from isep.sweeps.grid import parse_grid
+    from isep.sweeps.runner import plan_trials
+
+    options = toy(epochs=5)
+    options[options.index("--evaluation.every") + 1] = "2"
+    (trial,) = plan_trials(parse_grid(["--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *options]), [])
+    assert trial.evaluations == 3
 
 
 def test_figures_5_and_7_from_a_sweep_in_mlflow(workdir, toy_sweep):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from isep.errors import ISEPError
+from isep.sweeps.records import SWEEP_TAG
 
 DEFAULT_METRIC = "eval/normalized_score"
 FALLBACK_METRIC = "eval/expected_reward"  # what the toy bandits log instead of a normalized score
@@ -65,6 +66,7 @@ class RunResult:
     steps: list[int]
     values: list[float]
     final: float
+    run_dir: str | None = None  # the run's folder (tag `run_dir`): its checkpoints and records
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,15 @@ class Group:
 
     @property
     def seeds(self) -> list[str]:
-        return sorted((r.seed for r in self.runs), key=_seed_sort_key)
+        return sorted((r.seed for r in self.runs), key=seed_sort_key)
 
     @property
     def label(self) -> str:
         return variant_label(self.key.actor, self.key.lam, self.key.policy_mix)
 
 
-def _seed_sort_key(seed: str):
+def seed_sort_key(seed: str):
+    """Seeds in numeric order (then any that are not numbers)."""
     try:
         return (0, int(seed), seed)
     except ValueError:
@@ -268,7 +271,8 @@ def open_client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _paged(fetch):
+def paged(fetch) -> list:
+    """Every page of an MLflow search: `fetch(page_token)` returns one page (with `.token`)."""
     out, token = [], None
     while True:
         page = fetch(token)
@@ -281,7 +285,7 @@ def _paged(fetch):
 def list_experiments(client) -> list:
     from mlflow.entities import ViewType
 
-    return _paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=t))
+    return paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=t))
 
 
 def select_experiments(all_exps: list, requested: list[str] | None) -> list:
@@ -303,7 +307,7 @@ def search_runs(client, exps: list, filter_string: str) -> list:
     from mlflow.entities import ViewType
 
     ids = [e.experiment_id for e in exps]
-    return _paged(lambda t: client.search_runs(ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+    return paged(lambda t: client.search_runs(ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
                                                max_results=1000, page_token=t))
 
 
@@ -356,6 +360,8 @@ class Collected:
 def collect(client, runs: list, exp_names: dict[str, str], args) -> Collected:
     counted, not_counted = [], {}
     for run in runs:
+        if SWEEP_TAG in run.data.tags:  # a sweep's parent run: bookkeeping; its trials are the runs
+            continue
         status = run.info.status
         if status == "FINISHED" or args.include_unfinished:
             counted.append(run)
@@ -398,7 +404,8 @@ def collect(client, runs: list, exp_names: dict[str, str], args) -> Collected:
             skipped.append(f"{name} ({run.info.run_id[:8]}): empty history of {metric}")
             continue
         results.append(RunResult(run.info.run_id, name, exp, run.info.status, task, actor, lam, policy_mix, seed,
-                                 metric, steps, values, final_score(values, args.final, args.k)))
+                                 metric, steps, values, final_score(values, args.final, args.k),
+                                 run.data.tags.get("run_dir")))
 
     if missing_metric:
         shown = []

@@ -38,13 +38,29 @@ def sweep_argv(spec: dict, extra: list[str]) -> tuple[list[str], str]:
         if key == "config":
             values = [find_file(v) for v in values]
         options[f"--{key}"] = ",".join(str(v) for v in values)
-    if len(extra) % 2:
-        raise ConfigError(f"every sweep option takes a value; got {' '.join(extra)!r}")
-    options.update(zip(extra[0::2], extra[1::2]))
+    flags = sweep_flags()
+    tokens = list(extra)
+    while tokens:
+        key = tokens.pop(0)
+        if key in flags:
+            options[key] = None
+        elif not tokens or not key.startswith("--"):
+            raise ConfigError(f"sweep option {key!r} needs a value (options other than {', '.join(sorted(flags))} "
+                              f"take one); got {' '.join(extra)!r}")
+        else:
+            options[key] = tokens.pop(0)
     if "--name" not in options:
         raise ConfigError("a figure config's sweep needs a name (its MLflow experiment)")
-    argv = [x for pair in options.items() for x in pair]
+    argv = [x for key, value in options.items() for x in ([key] if value is None else [key, value])]
     return argv, options["--name"]
+
+
+def sweep_flags() -> set[str]:
+    """The `isep sweep` options that take no value (`--dry_run`, `--retry_failed`, ...)."""
+    from isep.sweeps.runner import build_parser
+
+    return {opt for action in build_parser()._actions if action.nargs == 0 for opt in action.option_strings
+            if opt.startswith("--") and opt != "--help"}
 
 
 def draw(name: str, experiment: str, spec: dict, uri: str, out: Path) -> tuple[Path, dict]:
@@ -68,7 +84,7 @@ def draw(name: str, experiment: str, spec: dict, uri: str, out: Path) -> tuple[P
             raise ConfigError(str(err)) from None
     from isep.figures.common import load_policy, run_dirs
 
-    folders = run_dirs(groups, uri)
+    folders = run_dirs(groups)
     if name == "fig2":
         from isep.figures.danger_zone import draw as draw_fig2, policy_samples
 
@@ -124,7 +140,7 @@ def figure_main(argv: Sequence[str]) -> int:
         from isep.sweeps.runner import sweep_main
 
         code = sweep_main([*sweep, "--mlflow.tracking_uri", uri])
-        if code != 0:
+        if code != 0 or "--dry_run" in sweep:
             return code
     out = Path(args.out)
     path, numbers = draw(args.name, name, config.get("figure") or {}, uri, out)

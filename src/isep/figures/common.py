@@ -11,26 +11,21 @@ def load_policy(run_dir: str | Path, device: str = "cpu"):
     """The trained module of a run folder (its `checkpoints/last.ckpt`; a stacked run's folder
     names its stack's checkpoint and its index), in evaluation mode."""
     from isep.module import ISEPModule
-    from isep.runs import stack_member
+    from isep.runs import run_checkpoint
 
-    member = stack_member(Path(run_dir))
-    ckpt = member[0] if member else Path(run_dir) / "checkpoints" / "last.ckpt"
+    ckpt, index = run_checkpoint(Path(run_dir))
     if not ckpt.is_file():
         raise ConfigError(f"no checkpoint at {ckpt}: the figure needs the run's trained policy (was the run folder moved?)")
     module = ISEPModule.load_from_checkpoint(ckpt, map_location=device)
-    return (module.select_run(member[1]) if member else module).eval()
+    return (module if index is None else module.select_run(index)).eval()
 
 
-def run_dirs(groups, tracking_uri: str) -> dict:
+def run_dirs(groups) -> dict:
     """GroupKey → the run folders of its runs (the `run_dir` tag), seed order."""
-    import mlflow
+    from isep.compare import seed_sort_key
 
-    client = mlflow.MlflowClient(tracking_uri)
-    out = {}
-    for key, group in groups.items():
-        runs = sorted(group.runs, key=lambda r: r.seed)
-        out[key] = [client.get_run(r.run_id).data.tags.get("run_dir") for r in runs]
-    return out
+    return {key: [r.run_dir for r in sorted(group.runs, key=lambda r: seed_sort_key(r.seed))]
+            for key, group in groups.items()}
 
 
 def figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.6):

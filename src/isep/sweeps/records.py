@@ -60,19 +60,17 @@ class SweepRecords:
 
     def trials(self) -> dict[str, TrialRecord]:
         """The latest run of each trial key in the experiment."""
+        from isep.compare import paged
+
+        runs = paged(lambda token: self.client.search_runs(
+            [self.experiment_id], f"tags.`{TRIAL_TAG}` != ''", order_by=["attributes.start_time ASC"],
+            max_results=1000, page_token=token))
         records: dict[str, TrialRecord] = {}
-        page_token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` != ''",
-                                           order_by=["attributes.start_time ASC"], max_results=1000,
-                                           page_token=page_token)
-            for run in page:
-                tags = run.data.tags
-                records[tags[TRIAL_TAG]] = TrialRecord(run.info.run_id, run.info.status, tags.get("failure_reason"),
-                                                       tags.get("run_dir"), tags.get(EARLY_STOP_TAG) == "true")
-            page_token = page.token
-            if not page_token:
-                return records
+        for run in runs:  # oldest first: the latest run of a key wins
+            tags = run.data.tags
+            records[tags[TRIAL_TAG]] = TrialRecord(run.info.run_id, run.info.status, tags.get("failure_reason"),
+                                                   tags.get("run_dir"), tags.get(EARLY_STOP_TAG) == "true")
+        return records
 
     def mark(self, run_id: str, status: str, **tags: str) -> None:
         for key, value in tags.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from isep.errors import ConfigError, ISEPError
+from isep.runs import STACK_FIELDS, run_checkpoint
 from isep.sweeps.grid import Grid, parse_grid
 from isep.sweeps.records import EARLY_STOP_TAG, SweepRecords, TrialRecord, absolute_uri
 
@@ -32,8 +33,7 @@ ENV_FORWARD = ("MINARI_DATASETS_PATH", "MUJOCO_GL", "MLFLOW_SERVER_ENABLE_JOB_EX
 
 
 # Grid axes a stack can hold (one value per run of the model), as `isep fit` options → model fields.
-STACKABLE = {"model.lam": "lam", "model.expectile": "expectile", "model.beta": "beta", "model.guidance": "guidance",
-             "model.policy_mix": "policy_mix", "seed_everything": "seed"}
+STACKABLE = {("seed_everything" if f == "seed" else f"model.{f}"): f for f in STACK_FIELDS}
 
 
 @dataclass
@@ -97,6 +97,7 @@ def plan_trials(grid: Grid, bookkeeping: list[str]) -> list[Trial]:
     """Every grid point as a checked `isep fit`: configs resolved once per point up to its seed."""
     import copy
 
+    from isep.callbacks.evaluation import planned_evaluations
     from isep.cli import resolve_fit_config
     from isep.runs import trial_key
 
@@ -112,9 +113,10 @@ def plan_trials(grid: Grid, bookkeeping: list[str]) -> list[Trial]:
         config = copy.deepcopy(resolved[seedless])
         if "seed_everything" in point:
             config["seed_everything"] = int(point["seed_everything"])
-        every = (config.get("evaluation") or {}).get("every") or 0
-        epochs = (config.get("trainer") or {}).get("max_epochs") or 0
-        trials.append(Trial(point, args, trial_key(config), max(1, epochs // every) if every else 1, config=config))
+        trainer = config.get("trainer") or {}
+        evaluations = planned_evaluations((config.get("evaluation") or {}).get("every") or 0, trainer.get("max_epochs"),
+                                          trainer.get("max_steps"), (config.get("data") or {}).get("steps_per_epoch", 1000))
+        trials.append(Trial(point, args, trial_key(config), max(1, evaluations), config=config))
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
         raise ConfigError("two grid points resolve to the same run (an axis changes nothing that defines a run)")
@@ -184,12 +186,7 @@ def run_seed_of(trial: Trial) -> int:
 
 def has_checkpoint(run_dir: str | None) -> bool:
     """Whether a run folder (or a stacked run's folder, via its stack) holds a `last.ckpt` to resume."""
-    from isep.runs import stack_member
-
-    if not run_dir:
-        return False
-    member = stack_member(Path(run_dir))
-    return (member[0] if member else Path(run_dir) / "checkpoints" / "last.ckpt").is_file()
+    return bool(run_dir) and run_checkpoint(Path(run_dir))[0].is_file()
 
 
 def check_address(address: str) -> None:
@@ -294,7 +291,8 @@ def sweep_main(argv: Sequence[str]) -> int:
     started = time.perf_counter()
     trials = plan_trials(grid, bookkeeping)  # every config checked before anything starts
     records = SweepRecords(uri, name)  # creates the store before any trial opens it
-    decide(trials, records.trials(), args.retry_failed)
+    known = records.trials()
+    decide(trials, known, args.retry_failed)
     todo = pack(trials, args.stack, grid, bookkeeping)
     points = [t for t in trials if t.action != "skip"]
     print(f"isep sweep {name}: {len(trials)} trials, {len(points)} to run "
@@ -314,7 +312,6 @@ def sweep_main(argv: Sequence[str]) -> int:
         trial.args += ["--mlflow.parent_run_id", parent]
     failed: list[tuple[Trial, str]] = []
     if todo:
-        known = records.trials()
         for trial in points:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
             record = known.get(trial.key)
             if trial.action == "resume" and record and not has_checkpoint(record.run_dir):
