@@ -29,7 +29,7 @@ bench: install         ## updates/s vs a CORL-style step, eager/fast, loop/fit, 
 	$(PY) benchmarks/throughput.py --out bench-results
 
 figures: install       ## Figures 2, 5, 6, 7 (sweeps on ../shared/data/minari and the toy bandit) → outputs/figures/
-	MPLBACKEND=Agg $(ISEP) figure fig2
+	$(ISEP) figure fig2
 	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig5 --spec configs/figures/fig5_local.yaml
 	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig6 --spec configs/figures/fig6_local.yaml
 	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig7 --spec configs/figures/fig7_local.yaml

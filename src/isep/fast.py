@@ -67,7 +67,7 @@ class AcceleratedStep:
     def __init__(self, fn: Callable[[], None], mode: Mode, warmup: int = 3) -> None:
         if mode not in ("eager", "compile", "graph"):
             raise ValueError(f"unknown mode {mode!r}")
-        self.fn, self.mode, self.warmup = fn, mode, warmup
+        self.mode, self.warmup = mode, warmup
         if mode != "eager":
             # Dynamo keys its cache on the code of `train_step` and guards on the module instance:
             # every new module would recompile into the same entry until `recompile_limit` (8)

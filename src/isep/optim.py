@@ -59,6 +59,8 @@ class StackedAdam(torch.optim.Optimizer):
             lr_factor: multiplies every group's learning rate (a schedule's value, a tensor).
             active: (M,) bool over the parameters' first dimension; inactive members do not move.
         """
+        if len(grads) != len(self.params):
+            raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
         offset = 0
         for group in self.param_groups:
             params = group["params"]
@@ -80,5 +82,3 @@ class StackedAdam(torch.optim.Optimizer):
             if active is not None:
                 steps = [torch.where(active.view(-1, *[1] * (s.dim() - 1)), s, 0.0) for s in steps]
             torch._foreach_sub_(params, steps)
-        if offset != len(grads):
-            raise ValueError(f"got {len(grads)} gradients for {offset} parameters")

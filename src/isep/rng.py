@@ -79,10 +79,6 @@ class Draws:
         self.keys, self.update = keys, update
         self._stream_keys: torch.Tensor | None = None
 
-    @property
-    def runs(self) -> int:
-        return self.keys.shape[0]
-
     def stream_keys(self) -> torch.Tensor:
         """(2, R, streams): two keys per run and stream for this update, hashed once per update."""
         if self._stream_keys is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from isep.errors import ConfigError, ISEPError
-from isep.runs import STACK_FIELDS, run_checkpoint
+from isep.runs import STACK_FIELDS, run_checkpoint, run_seed
 from isep.sweeps.grid import Grid, parse_grid
 from isep.sweeps.records import EARLY_STOP_TAG, SweepRecords, TrialRecord, absolute_uri
 
@@ -47,6 +47,7 @@ class Trial:
     evaluations: int  # rollout evaluations it will report (ASHA's time axis)
     action: str = "start"  # start | resume | skip
     note: str = ""
+    early_stopped: bool = False  # stopped by ASHA in this invocation
     config: dict | None = None  # the resolved config
     members: list["Trial"] | None = None
 
@@ -166,7 +167,7 @@ def pack(trials: list[Trial], size: int, grid: Grid, bookkeeping: list[str]) -> 
             args = grid.fit_args(dict(fixed)) + bookkeeping
             for option, field in STACKABLE.items():
                 if field == "seed":
-                    values = [run_seed_of(m) for m in chunk]
+                    values = [int(run_seed(m.config)) for m in chunk]
                 else:
                     values = [m.config["model"][field] for m in chunk]
                 if field == "seed" or len(set(map(str, values))) > 1:
@@ -176,12 +177,6 @@ def pack(trials: list[Trial], size: int, grid: Grid, bookkeeping: list[str]) -> 
             packed.append(Trial(dict(fixed), args, "|".join(m.key for m in chunk), max(m.evaluations for m in chunk),
                                 action="resume" if "--ckpt_path" in args else "start", members=chunk))
     return packed
-
-
-def run_seed_of(trial: Trial) -> int:
-    from isep.runs import run_seed
-
-    return int(run_seed(trial.config))
 
 
 def has_checkpoint(run_dir: str | None) -> bool:
@@ -249,7 +244,7 @@ def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> l
         if result.error is not None:
             failed.append((trial, str(result.error).strip().splitlines()[-1][:300]))
         elif args.scheduler == "asha" and result.metrics.get("evaluations", 0) < trial.evaluations:
-            trial.note = "stopped early by ASHA"
+            trial.early_stopped, trial.note = True, "stopped early by ASHA"
     return failed
 
 
@@ -325,11 +320,12 @@ def sweep_main(argv: Sequence[str]) -> int:
             failed = run_grid(todo, args, name, threads, gpus)
         finally:
             ray.shutdown()
-        current = records.trials()
-        for trial in todo:
+        stopped = [t for t in todo if t.early_stopped]
+        current = records.trials() if stopped else {}
+        for trial in stopped:
             for member in trial.members or [trial]:
                 record = current.get(member.key)
-                if trial.note == "stopped early by ASHA" and record:
+                if record:
                     records.mark(record.run_id, "KILLED", **{EARLY_STOP_TAG: "true"})
     records.mark(parent, "FINISHED", **{"isep.failed_trials": str(len(failed))})
     out = Path(args.out or Path("outputs") / "sweeps" / name)
