@@ -1,7 +1,7 @@
 """The `isep` command: LightningCLI's fit/validate/test, plus `isep data ...`, `isep compare`, `isep demo`,
 `isep sweep`, `isep evaluate`, `isep figure` and `isep bench`.
 
-`isep data` and `isep compare` do not import Lightning (≈ 4.5 s); only training does.
+`isep data` (`isep.data.commands`) and `isep compare` do not import Lightning (≈ 4.5 s); only training does.
 
 Each run lives in its own folder, `<trainer.default_root_dir>/<dataset>/<actor>-lam<λ>-<mix>-seed<s>-<hash>`
 (the hash covers every model and data setting; a repeated run gets `.1`, `.2`, … so nothing is
@@ -11,7 +11,6 @@ replaced), holding `config.yaml`, `checkpoints/last.ckpt`, the best checkpoint, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -249,35 +248,10 @@ def resolve_fit_config(args: Sequence[str]) -> dict:
     return cli.config.as_dict()
 
 
-def data_main(argv: Sequence[str]) -> int:
-    """`isep data list | import-d4rl`."""
-    parser = argparse.ArgumentParser(prog="isep data", description="Datasets: the task registry and the local Minari store.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the paper's tasks and the datasets in the local Minari store")
-    imp = sub.add_parser("import-d4rl", help="convert a legacy D4RL .hdf5 file into a local Minari dataset")
-    imp.add_argument("file", help="the D4RL .hdf5 file (observations, actions, rewards, terminals, timeouts)")
-    imp.add_argument("--id", required=True, dest="dataset_id", help="the Minari id to write, e.g. d4rl/hopper/medium-replay-v2")
-    imp.add_argument("--task", help="registry task name: supplies the env id and D4RL reference scores")
-    imp.add_argument("--env", dest="env_id", help="Gymnasium env id to record (overrides --task's)")
-    imp.add_argument("--ref-min-score", type=float, help="return of a random policy (normalized score 0)")
-    imp.add_argument("--ref-max-score", type=float, help="return of an expert policy (normalized score 100)")
-    args = parser.parse_args(argv)
-
-    if args.command == "list":
-        from isep.data.listing import format_listing
-
-        print(format_listing())
-        return 0
-    from isep.data.d4rl_import import import_d4rl
-
-    print(import_d4rl(args.file, args.dataset_id, args.task, args.env_id, args.ref_min_score, args.ref_max_score))
-    return 0
-
-
 # `isep <command>` beside LightningCLI's fit/validate/test: module:function, imported on use (most
 # of them never import Lightning, ≈ 4.5 s).
 COMMANDS = {
-    "data": "isep.cli:data_main",
+    "data": "isep.data.commands:data_main",
     "compare": "isep.compare:compare_main",
     "demo": "isep.demo:demo_main",
     "sweep": "isep.sweeps.runner:sweep_main",
