@@ -137,3 +137,15 @@ class PoisonAt(L.Callback):
 def run_folders(root: Path) -> list[Path]:
     """The run folders under `root` (a stack's folder, not its runs' sub-folders), sorted."""
     return sorted(p.parent for p in root.rglob("config.yaml") if (p.parent / "checkpoints").is_dir())
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file (its sha256) and folder (`dir`) under `root`: compare before and after a command
+    to prove it changed nothing on disk."""
+    import hashlib
+
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        key = p.relative_to(root).as_posix()
+        out[key] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

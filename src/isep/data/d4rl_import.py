@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from isep.data.minari_source import DatasetError, minari_root
-from isep.data.registry import get_task
+from isep.data.registry import get_task, suggest
+from isep.data.store_paths import check_new_dataset_id
 from isep.data.writer import Episode, write_dataset
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -47,7 +48,55 @@ def read_d4rl_hdf5(path: str | Path) -> dict[str, np.ndarray]:
     for k in ("observations", "actions", "rewards"):
         if not np.isfinite(data[k]).all():
             raise DatasetError(f"{path}: '{k}' holds non-finite values")
+    check_shapes(path, data)
     return data
+
+
+def check_shapes(path: Path, data: dict[str, np.ndarray]) -> None:
+    """States and actions are (N, d) arrays; rewards and the end flags one value per step."""
+    for k in ("observations", "actions", "next_observations"):
+        if k in data and (data[k].ndim != 2 or data[k].shape[1] < 1):
+            raise DatasetError(f"{path}: '{k}' has shape {data[k].shape}; a D4RL file holds (steps, dims) arrays")
+    if "next_observations" in data and data["next_observations"].shape != data["observations"].shape:
+        raise DatasetError(f"{path}: 'next_observations' {data['next_observations'].shape} does not match "
+                           f"'observations' {data['observations'].shape}")
+    for k in ("rewards", "terminals", "timeouts"):
+        if data[k].size != len(data[k]):
+            raise DatasetError(f"{path}: '{k}' has shape {data[k].shape}; a D4RL file holds one value per step")
+
+
+def check_env(env_id: str, obs_dim: int, act_dim: int) -> str | None:
+    """`env_id` if it is a Gymnasium env here whose spaces fit the data; None (with a warning on
+    stderr) for an Adroit/Kitchen env whose package is not installed; else a `DatasetError`."""
+    import sys
+
+    import gymnasium as gym
+
+    from isep.evaluation import ROBOTICS_ENVS
+
+    if env_id.startswith(ROBOTICS_ENVS):
+        try:
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+        except ImportError:
+            print(f"isep: warning: {env_id} needs gymnasium-robotics (`pip install -e '.[robotics]'`), which is not "
+                  "installed: the dataset records its spaces but not its env", file=sys.stderr)
+            return None
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as err:
+        hint = suggest(env_id, list(gym.registry))
+        raise DatasetError(f"unknown --env {env_id!r} ({type(err).__name__}); nothing was written.{hint} "
+                           "Give a Gymnasium env id, or leave --env out to record only the spaces") from None
+    try:
+        dims = (gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space))
+    finally:
+        env.close()
+    if dims != (obs_dim, act_dim):
+        raise DatasetError(f"{env_id} has observation/action sizes {dims} but the file holds {(obs_dim, act_dim)}; "
+                           "nothing was written. Pass the env that recorded the data (--env or --task)")
+    return env_id
 
 
 def split_episodes(data: dict[str, np.ndarray]) -> list[Episode]:
@@ -111,7 +160,10 @@ def import_d4rl(
         env_id = env_id or spec.env_id
         ref_min_score = spec.ref_min_score if ref_min_score is None else ref_min_score
         ref_max_score = spec.ref_max_score if ref_max_score is None else ref_max_score
+    check_new_dataset_id(dataset_id, minari_root())  # before the file is read: fail fast, write nothing
     data = read_d4rl_hdf5(path)
+    if env_id is not None:
+        env_id = check_env(env_id, data["observations"].shape[1], data["actions"].shape[1])
     episodes = split_episodes(data)
     write_dataset(
         dataset_id,

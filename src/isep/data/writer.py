@@ -6,13 +6,13 @@ Minari's DataCollector needs jax; building `EpisodeBuffer`s from arrays does not
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from isep.data.minari_source import DatasetError, is_local, minari_root
+from isep.data.minari_source import minari_root
+from isep.data.store_paths import CreatedPaths, check_new_dataset_id
+from isep.errors import DatasetError
 
 
 @dataclass
@@ -37,7 +37,8 @@ def write_dataset(
     description: str | None = None,
     author: str = "isep",
 ):
-    """Create `dataset_id` in the local store; refuses to replace an existing dataset.
+    """Create `dataset_id` in the local store. The id is checked first (`namespace/name-vN`, inside
+    the store, its folder not there yet); a write that fails removes only what it created.
 
     When `env_id` names a registered Gymnasium env it is recorded (so `recover_environment`
     works); otherwise only the spaces are stored.
@@ -46,12 +47,7 @@ def write_dataset(
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    root = minari_root()
-    if is_local(dataset_id, root):
-        raise DatasetError(
-            f"Dataset '{dataset_id}' already exists in {root}; nothing was written. Choose another --id, "
-            "or delete that folder first if you mean to replace it."
-        )
+    created = CreatedPaths(check_new_dataset_id(dataset_id, minari_root()))
     if not episodes:
         raise DatasetError(f"no episodes to write for '{dataset_id}'")
     buffers = [
@@ -96,8 +92,5 @@ def write_dataset(
             dataset.storage.update_metadata({k: float(v) for k, v in scores.items() if v is not None})
         return dataset
     except BaseException:
-        # never leave a half-written dataset behind (Minari creates the folder first)
-        partial = Path(root) / dataset_id
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        created.undo()  # no half-written dataset, and nothing that was there before touched
         raise
