@@ -48,8 +48,8 @@ model:
   lam: {lam}                         # λ, Appendix C Table {table}
   expectile: {tau}                   # τ, Appendix C Table {table}
 {knob}
-  policy_mix: stochastic           # Eq. 5 (deterministic = the Appendix B ablation, Figure 7)
-  value_policy_loss: mse           # ℓ of Eq. 2's policy term: squared error (Appendix A's fixed point)
+  policy_mix: stochastic           # Eq. 5; deterministic = target ā (Figure 7's baseline), weighted_sum = Eq. 26
+  value_policy_loss: mse           # ℓ of Eq. 2's policy term: squared error (IQL-style; not App. A's fixed point)
   value_mix: expectation           # (1 - λ)·data + λ·policy term; `bernoulli` gates per sample
   clip_policy_q: false             # Appendix A's optional clip of Q(s, a_π) at max r / (1 - γ)
   gamma: 0.99                      # IQL

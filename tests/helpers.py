@@ -1,4 +1,4 @@
-"""Small builders shared by the tests: a tiny module on random data, batches, the update's draws,
+"""Small builders shared by the tests: a tiny agent on random data, batches, the update's draws,
 callbacks that steer a run from the CLI, and the run folders a fit writes."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from isep.data.buffer import TransitionBuffer
 from isep.data.transitions import Transitions
-from isep.module import ISEPModule
+from isep.agent import ISEPAgent
 from isep.rng import Draws
 
 OBS_DIM, ACT_DIM, B = 3, 2, 32
@@ -28,16 +28,14 @@ def run_isep(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
                           timeout=timeout)
 
 
-def make_module(actor: str = "gaussian", lam: float | list[float] = 0.0, **kw) -> ISEPModule:
-    """A module with tiny networks and its optimizers configured (no Trainer)."""
+def make_agent(actor: str = "gaussian", lam: float | list[float] = 0.0, **kw) -> ISEPAgent:
+    """An agent with tiny networks (no Trainer, no data)."""
     kw.setdefault("critic_hidden", [16, 16])
     kw.setdefault("actor_hidden", [16, 16])
     kw.setdefault("label_embed_dim", 4)
     kw.setdefault("flow_steps", 3)
     kw.setdefault("seed", 0)
-    module = ISEPModule(obs_dim=OBS_DIM, act_dim=ACT_DIM, actor=actor, lam=lam, **kw)
-    module.configure_optimizers()
-    return module
+    return ISEPAgent(OBS_DIM, ACT_DIM, actor=actor, lam=lam, **kw)
 
 
 
@@ -47,14 +45,13 @@ def small_buffer(n: int = 500, seed: int = 0) -> TransitionBuffer:
                                                                 action_bound=0.9))
 
 
-def ready_module(actor: str, lam: float | list[float], fast: bool = False, max_reward: float = 1.0,
-                 **kw) -> ISEPModule:
-    """`make_module` with data attached (batch 16) and statistics set: ready to step.
+def ready_agent(actor: str, lam: float | list[float], max_reward: float = 1.0, **kw) -> ISEPAgent:
+    """`make_agent` with data attached (batch 16) and statistics set: ready to step.
     `max_reward` sets the bound max r / (1 − γ) of the optional clip of Q̂."""
-    module = make_module(actor, lam, fast=fast, **kw)
-    module.attach_data(small_buffer(), 16)
-    module.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(max_reward), torch.tensor(1.0))
-    return module
+    agent = make_agent(actor, lam, **kw)
+    agent.attach_data(small_buffer(), 16)
+    agent.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(max_reward), torch.tensor(1.0))
+    return agent
 
 def make_batch(seed: int = 1, batch: int = B) -> dict:
     """One run's batch, (B, ·)."""
@@ -73,16 +70,16 @@ def stacked(batch: dict, runs: int = 1) -> dict:
     return {k: v.unsqueeze(0).expand(runs, *v.shape).contiguous() for k, v in batch.items()}
 
 
-def draws_for(module: ISEPModule, update: int = 0) -> Draws:
-    """The draws the module's update number `update` uses."""
-    return Draws(module.keys, torch.tensor(update))
+def draws_for(agent: ISEPAgent, update: int = 0) -> Draws:
+    """The draws the agent's update number `update` uses."""
+    return Draws(agent.keys, torch.tensor(update))
 
 
-def perturb_targets(module: ISEPModule, seed: int = 2) -> None:
+def perturb_targets(agent: ISEPAgent, seed: int = 2) -> None:
     """Make the target critics differ from the online ones (as after some training)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.target_critic.parameters():
+        for p in agent.target_critic.parameters():
             p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
@@ -130,7 +127,7 @@ class PoisonAt(L.Callback):
         if trainer.global_step == self.step:
             rows = slice(None) if self.run is None else slice(2 * self.run, 2 * self.run + 2)
             with torch.no_grad():
-                for p in pl_module.critic.parameters():
+                for p in pl_module.agent.critic.parameters():
                     p[rows].fill_(float("nan"))
 
 

@@ -51,7 +51,7 @@ def test_rollout_evaluation_scores_a_trained_policy(use_store, mlflow_uri, tmp_p
     # the normalized score is D4RL's formula with the dataset's reference returns
     assert last["eval/normalized_score"] == pytest.approx(100 * (np.mean(last["returns"]) + 20.272305) / (3234.3 + 20.272305))
     # replaying one episode by hand with the checkpointed policy gives the same return
-    model = ISEPModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    model = ISEPModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").agent
     env = gym.make("Hopper-v5", max_episode_steps=30)
     obs, _ = env.reset(seed=last["seeds"][1])
     total, done = 0.0, False
@@ -83,9 +83,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(config, fast, use_st
     ca = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
     cb = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ca["global_step"] == cb["global_step"] == 40
-    for oa, ob in zip(ca["optimizer_states"], cb["optimizer_states"]):
-        for sa, sb in zip(oa["state"].values(), ob["state"].values()):
-            torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
+    # Adam's moments are part of the agent's state (compared above, bit for bit)
+    assert any(name.startswith("agent.moments.actor.exp_avg_sq_") for name in a)
 
 
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(use_store, tmp_path):
@@ -94,18 +93,20 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(use_store, tm
             "--trainer.default_root_dir", str(root), "--evaluation.every", "0", "--data.steps_per_epoch", "25"]
     proc = subprocess.Popen([*args, "--trainer.max_epochs", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=os.environ.copy())
-    deadline = time.monotonic() + 120
-    last = None
-    while time.monotonic() < deadline:
-        found = list(root.rglob("last.ckpt"))
-        if found and torch.load(found[0], weights_only=False)["global_step"] >= 50:
-            last = found[0]
-            break
-        time.sleep(0.2)
-    assert last is not None, "no checkpoint within 2 minutes"
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 300
+        last = None
+        while time.monotonic() < deadline:
+            found = list(root.rglob("last.ckpt"))
+            if found and torch.load(found[0], weights_only=False)["global_step"] >= 50:
+                last = found[0]
+                break
+            time.sleep(0.2)
+        assert last is not None, "no checkpoint within 5 minutes"
+        time.sleep(0.3)
+    finally:  # never leave the run training after the test
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     # whatever moment the kill hit, the checkpoint on disk is whole and at an epoch boundary
     state = torch.load(last, weights_only=False)
     assert state["global_step"] % 25 == 0 and state["global_step"] >= 50
@@ -130,7 +131,7 @@ def test_divergence_stops_with_the_loss_step_and_lambda(fast, use_store, mlflow_
     assert "training diverged at step 15 with λ = 0.2" in err and "critic/loss = nan" in err
     (run,) = run_folders(root)
     good = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert good["global_step"] == 10 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    assert good["global_step"] == 10 and all(torch.isfinite(v).all() for v in good["state_dict"].values() if torch.is_tensor(v))
     client = mlflow.MlflowClient(mlflow_uri)
     (record,) = client.search_runs([client.get_experiment_by_name("test/hopper/random-v0").experiment_id])
     assert record.info.status == "FAILED" and "diverged at step 15" in record.data.tags["failure_reason"]
@@ -229,13 +230,12 @@ def test_evaluations_happen_as_planned(tmp_path):
 
 
 def test_evaluation_guidance_reaches_the_toy_bandit():
+    from isep.agent import ISEPAgent
     from isep.callbacks.evaluation import RolloutEvaluation
     from isep.data.datamodule import D4RLDataModule
-    from isep.module import ISEPModule
 
     dm = D4RLDataModule(dataset="toy/sparse-optimum", toy_size=500)
-    module = ISEPModule(obs_dim=1, act_dim=2, actor="flow", guidance=1.0, critic_hidden=[8], actor_hidden=[16, 16],
-                        flow_steps=3, seed=0)
-    reward = {w: RolloutEvaluation(guidance=w).measure(module, dm)[0][0]["eval/expected_reward"] for w in (None, 1.0, 4.0)}
+    agent = ISEPAgent(1, 2, actor="flow", guidance=1.0, critic_hidden=[8], actor_hidden=[16, 16], flow_steps=3, seed=0)
+    reward = {w: RolloutEvaluation(guidance=w).measure(agent, dm)[0][0]["eval/expected_reward"] for w in (None, 1.0, 4.0)}
     assert reward[None] == reward[1.0]  # the trained w
     assert reward[4.0] != reward[1.0]

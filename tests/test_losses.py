@@ -333,3 +333,30 @@ def test_guided_sample_per_run_guidance_of_a_stack():
     out = guided_sample(two, obs.expand(2, 6, 3), 4, torch.tensor([0.0, 3.0]).view(2, 1, 1), noise=noise.expand(2, 6, 2))
     assert torch.allclose(out[0], _euler(field, obs, noise, 4, label=NULL), atol=1e-5)
     assert torch.allclose(out[1], _euler(field, obs, noise, 4, guidance=3.0), atol=1e-5)
+
+
+def test_value_loss_fixed_points_of_each_policy_term():
+    """What V each `value_policy_loss` converges to (the minimiser of Eq. 2's expected loss over V),
+    against independent roots: neither is Appendix A's (1 − λ)·expectile_τ(Q̂|D) + λ·E_π[Q̂]."""
+    from scipy.optimize import brentq, minimize_scalar
+
+    q_data, q_pi = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0], dtype=torch.float64), torch.tensor([1.0, 1.5], dtype=torch.float64)
+    lam, tau = 0.5, 0.8
+
+    def minimiser(policy_term: str) -> float:
+        def expected(v: float) -> float:  # every (data, policy) pair: the two expectations of Eq. 2
+            per = losses.value_loss(torch.tensor(v, dtype=torch.float64), q_data[:, None], q_pi[None, :], lam, tau, policy_term)
+            return float(per.mean())
+
+        return minimize_scalar(expected, bounds=(-1, 3), method="bounded", options={"xatol": 1e-7}).x
+
+    qd, qp = q_data.double().numpy(), q_pi.double().numpy()
+    weight = lambda q, v: abs(tau - (q < v))  # noqa: E731
+    expectile_data = brentq(lambda v: (weight(qd, v) * (qd - v)).sum(), -1, 3)
+    appendix_a = (1 - lam) * expectile_data + lam * qp.mean()
+    mse_root = brentq(lambda v: (1 - lam) * (weight(qd, v) * (qd - v)).mean() + lam * (qp - v).mean(), -1, 3)
+    mixture = brentq(lambda v: (1 - lam) * (weight(qd, v) * (qd - v)).mean() + lam * (weight(qp, v) * (qp - v)).mean(), -1, 3)
+    assert minimiser("mse") == pytest.approx(mse_root, abs=1e-5)
+    assert minimiser("expectile") == pytest.approx(mixture, abs=1e-5)
+    assert (round(appendix_a, 3), round(mse_root, 3), round(mixture, 3)) == (1.330, 1.299, 1.404)
+    assert abs(mse_root - appendix_a) > 0.02 and abs(mixture - appendix_a) > 0.05

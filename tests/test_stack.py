@@ -11,7 +11,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import PoisonAt, StopAfter, callback_arg, ready_module, run_folders
+from tests.helpers import PoisonAt, StopAfter, callback_arg, ready_agent, run_folders
 
 STACKS = {
     "gaussian": dict(actor="gaussian", lam=[0.0, 0.3, 0.5], seed=[3, 4, 5], beta=[1.0, 2.0, 3.0], actor_dropout=0.1,
@@ -29,31 +29,26 @@ def separate(config: dict, run: int) -> dict:
 def test_a_stack_equals_its_runs_trained_apart(actor):
     config = dict(STACKS[actor])
     kind, lam = config.pop("actor"), config.pop("lam")
-    stack = ready_module(kind, lam, max_reward=0.0, **config)
-    alone = [ready_module(kind, lam[r], max_reward=0.0, **separate(config, r)) for r in range(3)]
+    stack = ready_agent(kind, lam, max_reward=0.0, **config)
+    alone = [ready_agent(kind, lam[r], max_reward=0.0, **separate(config, r)) for r in range(3)]
     step = stack.step_function()
     for _ in range(5):
         step()
     worst = 0.0
-    for r, module in enumerate(alone):
-        one = module.step_function()
+    for r, agent in enumerate(alone):
+        one = agent.step_function()
         for _ in range(5):
             one()
-        mine, theirs = stack.select_run(r).state_dict(), module.state_dict()
-        # Adam's moments: the run's slice of each stacked state (2 members per run for the critic)
-        for i, (opt_s, opt_1) in enumerate(zip(stack.optimizers_, module.optimizers_)):
-            rows = slice(2 * r, 2 * r + 2) if i == 0 else slice(r, r + 1)
-            for j, (p_s, p_1) in enumerate(zip(opt_s.params, opt_1.params)):
-                for key in ("exp_avg", "exp_avg_sq"):
-                    mine[f"opt{i}.{j}.{key}"] = opt_s.state[p_s][key][rows]
-                    theirs[f"opt{i}.{j}.{key}"] = opt_1.state[p_1][key]
-        assert mine.keys() == theirs.keys()
+        # everything, Adam's moments included (the run's rows of the stack's: 2 per run for the critic)
+        mine, theirs = stack.select_run(r).state_dict(), agent.state_dict()
+        assert mine.keys() == theirs.keys() and any(k.startswith("moments.critic.") for k in mine)
+        assert mine.pop("_extra_state") == theirs.pop("_extra_state")
         for name, tensor in theirs.items():
             torch.testing.assert_close(mine[name], tensor, rtol=1e-5, atol=1e-6, msg=f"run {r}: {name}")
             if tensor.is_floating_point():
                 worst = max(worst, float((mine[name] - tensor).abs().max()))
         ours = dict(zip(stack.metric_names, stack.metric_sum[r]))  # (a λ = 0 run alone logs no q_pi/*)
-        for name, value in zip(module.metric_names, module.metric_sum[0]):
+        for name, value in zip(agent.metric_names, agent.metric_sum[0]):
             torch.testing.assert_close(ours[name], value, rtol=1e-5, atol=1e-5, msg=f"run {r}: {name}")
     print(f"largest parameter difference, {actor} stack of 3 vs 3 runs, 5 updates: {worst:.3g}")
     # the runs did differ from each other (different seeds and λ): the comparison is not trivial
@@ -62,34 +57,35 @@ def test_a_stack_equals_its_runs_trained_apart(actor):
 
 def test_per_run_lists_are_checked(tmp_path, capsys):
     from isep.errors import ConfigError
-    from tests.helpers import make_module
+    from tests.helpers import make_agent
 
     with pytest.raises(ConfigError, match="one length"):
-        make_module("gaussian", [0.0, 0.3], seed=[0, 1, 2])
+        make_agent("gaussian", [0.0, 0.3], seed=[0, 1, 2])
     # through the CLI: the same error before any run folder is made
     assert main(["fit", *TOY, "--model.lam", "[0, 0.3]", "--model.seed", "[0, 1, 2]",
                  "--trainer.default_root_dir", str(tmp_path / "runs")]) == 2
     assert "one length" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="lam"):
-        make_module("gaussian", [0.0, 1.3])
+        make_agent("gaussian", [0.0, 1.3])
     with pytest.raises(ValueError, match="shape \\(2, N, S\\)"):
-        make_module("gaussian", [0.0, 0.3]).act(torch.zeros(5, 3))
+        make_agent("gaussian", [0.0, 0.3]).act(torch.zeros(5, 3))
     with pytest.raises(IndexError, match="0..1"):
-        make_module("gaussian", [0.0, 0.3]).select_run(2)
+        make_agent("gaussian", [0.0, 0.3]).select_run(2)
+    with pytest.raises(ConfigError, match="weighted_sum"):
+        make_agent("gaussian", [0.3, 0.3], seed=[0, 1], policy_mix=["weighted_sum", "stochastic"])
 
 
 def test_a_frozen_run_stops_moving_and_the_others_go_on():
-    stack = ready_module("gaussian", [0.0, 0.3], seed=[0, 1], actor_dropout=0.1, value_mix="bernoulli", clip_policy_q=True)
-    step = stack.step_function()
-    step()
-    stack._diverged(1, ["critic/loss = nan"])
+    stack = ready_agent("gaussian", [0.0, 0.3], seed=[0, 1], actor_dropout=0.1, value_mix="bernoulli", clip_policy_q=True)
+    stack.step_function()()
+    stack.freeze(1, "run 1: training diverged with λ = 0.3")
     frozen = stack.select_run(1).state_dict()
     moving = stack.select_run(0).state_dict()
     for _ in range(3):
-        step()
+        stack.step_function()()
     after1, after0 = stack.select_run(1).state_dict(), stack.select_run(0).state_dict()
-    for name in ("critic.net.layers.0.weight", "value.net.layers.0.weight",
-                 "actor.net.layers.0.weight", "target_critic.net.layers.0.weight"):
+    for name in ("critic.net.layers.0.weight", "value.net.layers.0.weight", "actor.net.layers.0.weight",
+                 "target_critic.net.layers.0.weight"):
         assert torch.equal(after1[name], frozen[name]), name
         assert not torch.equal(after0[name], moving[name]), name
     assert 1 in stack.failures and "λ = 0.3" in stack.failures[1]
@@ -173,8 +169,8 @@ def test_one_run_of_a_stack_diverges_alone(tmp_path, capsys):
     assert [m.step for m in client.get_metric_history(runs["0.4"].info.run_id, "eval/expected_reward")] == [10, 20, 30, 40]
     (folder,) = run_folders(tmp_path / "runs")
     state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["global_step"] == 40 and state["state_dict"]["active"].tolist() == [True, False, True]
-    live = state["state_dict"]["critic.net.layers.0.weight"]
+    assert state["global_step"] == 40 and state["state_dict"]["agent.active"].tolist() == [True, False, True]
+    live = state["state_dict"]["agent.critic.net.layers.0.weight"]
     assert torch.isfinite(live[[0, 1, 4, 5]]).all() and torch.isnan(live[2:4]).all()
 
 

@@ -2,7 +2,7 @@
 
 Classifier-free guidance is a test-time knob of ISEP-FM (Eq. 7): the same trained velocity field
 gives a more or less greedy policy with w. This evaluates a checkpoint at each w without
-retraining, with the rollouts of the evaluation callback (`RolloutEvaluation`: vectorized envs,
+retraining, with the rollouts of training's evaluation (`isep.evaluation.Evaluator`: vectorized envs,
 episode i seeded `seed + i`, D4RL normalized score), prints a table, appends the records to
 `<run>/guidance_eval.jsonl` and logs the scores into the run's MLflow record
 (`eval/guidance/<w>/normalized_score`, ..., at the checkpoint's step).
@@ -50,7 +50,7 @@ def locate(ckpt: str, run: int | None) -> tuple[Path, Path, int | None]:
 
 
 def load_run(ckpt: Path, run_dir: Path, device: str, run: int | None = None):
-    """The module of a checkpoint (run `run` of a stacked one) and the data settings of its run
+    """The agent of a checkpoint (run `run` of a stacked one) and the data settings of its run
     (from the run's config.yaml)."""
     import torch
     import yaml
@@ -65,38 +65,39 @@ def load_run(ckpt: Path, run_dir: Path, device: str, run: int | None = None):
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: `isep evaluate` reads the run's dataset from it")
     config = yaml.safe_load(config_file.read_text()) or {}
-    if module.runs > 1:
+    agent = module.agent
+    if agent.runs > 1:
         if run is None:
-            raise ConfigError(f"{ckpt} holds {module.runs} stacked runs: pass --run K (0..{module.runs - 1}) "
+            raise ConfigError(f"{ckpt} holds {agent.runs} stacked runs: pass --run K (0..{agent.runs - 1}) "
                               "or the run's own folder")
         try:
-            module = module.select_run(run)
+            agent = agent.select_run(run)
         except IndexError as err:
             raise ConfigError(str(err)) from None
-    module.eval()
+    agent.eval()
     step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
-    return module, config, step
+    return agent, config, step
 
 
-def evaluate_weights(module, config: dict, weights: list[float | None], episodes: int | None, num_envs: int,
+def evaluate_weights(agent, config: dict, weights: list[float | None], episodes: int | None, num_envs: int,
                      seed: int, env_id: str | None, max_episode_steps: int | None) -> list[dict]:
     """One record per guidance weight (None = the trained w): metrics as the evaluation callback logs them."""
-    from isep.callbacks.evaluation import RolloutEvaluation
     from isep.data.datamodule import D4RLDataModule
+    from isep.evaluation import Evaluator
 
     data = config.get("data") or {}
     dm = D4RLDataModule(**{k: data[k] for k in ("dataset", "obs_keys", "toy_size", "toy_seed") if k in data})
     if dm.toy is None and dm.task is None:
         dm.load_transitions()  # the dataset's own reference scores live in its metadata
     records = []
-    evaluation = RolloutEvaluation(episodes=episodes, num_envs=num_envs, seed=seed, env_id=env_id,
-                                   max_episode_steps=max_episode_steps)
-    evaluation.prepare_for(dm, module.hparams.obs_dim, module.hparams.act_dim)
+    evaluation = Evaluator(episodes=episodes, num_envs=num_envs, seed=seed, env_id=env_id,
+                           max_episode_steps=max_episode_steps)
+    evaluation.prepare_for(dm, agent.obs_dim, agent.act_dim)
     for w in weights:
         evaluation.guidance = w
         start = time.perf_counter()
-        metrics, record = evaluation.measure(module, dm)[0]
-        used = w if w is not None else float(module.guidance.flatten()[0])
+        metrics, record = evaluation.measure(agent, dm)[0]
+        used = w if w is not None else float(agent.guidance.flatten()[0])
         records.append({"guidance": used, **metrics, "seconds": time.perf_counter() - start,
                         **{k: v for k, v in record.items() if k in ("returns", "seeds")}})
     return records
@@ -163,11 +164,11 @@ def evaluate_main(argv: Sequence[str]) -> int:
     weights: list[float | None] = parse_floats(args.guidance, "guidance") if args.guidance else [None]
     if any(w is not None and w < 0 for w in weights):
         raise ConfigError(f"guidance weights must be ≥ 0, got {args.guidance}")
-    module, config, step = load_run(ckpt, run_dir, args.device, run)
-    if module.actor_kind != "flow" and args.guidance:
+    agent, config, step = load_run(ckpt, run_dir, args.device, run)
+    if agent.actor_kind != "flow" and args.guidance:
         raise ConfigError("--guidance applies to the flow actor (ISEP-FM); this checkpoint has a Gaussian actor "
                           "(evaluate it without --guidance)")
-    records = evaluate_weights(module, config, weights, args.episodes, args.num_envs, args.seed, args.env_id,
+    records = evaluate_weights(agent, config, weights, args.episodes, args.num_envs, args.seed, args.env_id,
                                args.max_episode_steps)
     with open(run_dir / "guidance_eval.jsonl", "a") as f:
         for r in records:

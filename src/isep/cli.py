@@ -78,7 +78,8 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
     from isep.callbacks.evaluation import RolloutEvaluation
     from isep.callbacks.tracking import MLflowRunRecord, git_commit, make_mlflow_logger
     from isep.data.datamodule import D4RLDataModule
-    from isep.module import ISEPModule, RunRoutes
+    from isep.callbacks.tracking import RunRoutes, run_routes
+    from isep.module import ISEPModule
 
     class SaveRunConfig(SaveConfigCallback):
         """Writes the resolved config into the run folder and, with MLflow, as an artifact + params."""
@@ -89,7 +90,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, check_only: b
             path = Path(trainer.default_root_dir) / "config.yaml"
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
             configs = per_run_configs(self.config.as_dict())
-            routes = pl_module.run_routes()
+            routes = run_routes(pl_module)
             for config, folder, loggers in zip(configs, routes.folders, routes.loggers):
                 run_file = path
                 if len(configs) > 1:  # each run's own config: what it would have been alone

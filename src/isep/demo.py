@@ -41,7 +41,7 @@ def policy_summary(model, bandit, n: int = 2000) -> dict:
 
     torch.manual_seed(0)
     obs = torch.zeros(n, 1)
-    actions = model.act(obs, stochastic=True).cpu()
+    actions = model.agent.act(obs, stochastic=True).cpu()
     reward = bandit.reward(actions)
     near = lambda c: ((actions - torch.tensor(c)).norm(dim=-1) < NEAR).float().mean().item()  # noqa: E731
     summary = {
@@ -51,7 +51,7 @@ def policy_summary(model, bandit, n: int = 2000) -> dict:
         "samples": actions.numpy(),
     }
     if model.hparams.actor == "gaussian":  # what IQL deploys: the mean action
-        mean = model.act(obs[:1]).cpu()
+        mean = model.agent.act(obs[:1]).cpu()
         summary["mean_action"] = [round(v, 3) for v in mean[0].tolist()]
         summary["reward_at_mean"] = bandit.reward(mean).item()
     return summary

@@ -36,10 +36,12 @@ class Stream(enum.IntEnum):
     FLOW_NOISE = 4  # x₀ of the flow-matching loss (Eq. 6)
     FLOW_TIME = 5  # t ~ U[0, 1] of the flow-matching loss
     LABEL_DROP = 6  # CFGRL's label dropout to ∅
-    DROPOUT = 16  # actor dropout; layer i uses DROPOUT + i
+    DROPOUT = 16  # actor dropout; layer i uses DROPOUT + i (i < MAX_DROPOUT_LAYERS)
 
 
 _STREAMS = 64  # streams per update (update · 64 + stream stays below 2**32 for 6.7e7 updates)
+TRAINING_STREAMS = 32  # training draws use streams 0..31; validation the same streams + 32
+MAX_DROPOUT_LAYERS = TRAINING_STREAMS - Stream.DROPOUT
 
 
 _M1, _M2 = 0x7FEB352D, 0x846CA68B - (1 << 32)  # |m| < 2**31: |x · m| < 2**63 for x < 2**32
@@ -70,13 +72,17 @@ class Draws:
     Args:
         keys: (R,) int64 run keys (`run_keys`).
         update: () int64 tensor, the number of updates done so far.
+        validation: draw the numbers of validation/test batches instead: stream s is then stream
+            s + 32 of `update`, which no training update draws from (training streams are 0..31),
+            so no validation number equals a training one by construction.
 
     Every method returns a tensor of shape (R, *shape): run r's numbers depend only on keys[r],
     `update`, the stream and the position in `shape`.
     """
 
-    def __init__(self, keys: torch.Tensor, update: torch.Tensor) -> None:
+    def __init__(self, keys: torch.Tensor, update: torch.Tensor, validation: bool = False) -> None:
         self.keys, self.update = keys, update
+        self.offset = TRAINING_STREAMS if validation else 0
         self._stream_keys: torch.Tensor | None = None
 
     def stream_keys(self) -> torch.Tensor:
@@ -90,7 +96,10 @@ class Draws:
 
     def bits(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Uniform 32-bit integers in int64, (R, *shape)."""
-        k_a, k_b = self.stream_keys()[:, :, int(stream)].view(2, -1, *([1] * len(shape))).unbind(0)
+        if not 0 <= int(stream) < TRAINING_STREAMS:
+            raise ValueError(f"stream {int(stream)} outside the training streams 0..{TRAINING_STREAMS - 1}")
+        column = int(stream) + self.offset
+        k_a, k_b = self.stream_keys()[:, :, column].view(2, -1, *([1] * len(shape))).unbind(0)
         pos = torch.arange(math.prod(shape), device=self.keys.device, dtype=torch.int64).view(1, *shape)
         return mix32((mix32(pos ^ k_a) + k_b) & MASK32)
 

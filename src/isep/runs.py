@@ -18,12 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from isep.agent.config import STACK_FIELDS, stack_length
 from isep.errors import ConfigError
 
 # Performance switches and bookkeeping: they do not change what a run computes.
 HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
-# The model fields a stack may vary (one value per run); `seed` is the run's seed.
-STACK_FIELDS = ("lam", "expectile", "beta", "guidance", "policy_mix", "seed")
 STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_mix": str, "seed": int}
 
 
@@ -41,18 +40,6 @@ def run_seed(config: dict):
     """The run's seed: `model.seed` when set, else `seed_everything` (the module's default)."""
     model = config.get("model") or {}
     return model.get("seed") if model.get("seed") is not None else config.get("seed_everything")
-
-
-def stack_length(values: dict[str, Any]) -> int:
-    """R: the common length of the lists among `values` (per-run settings; 1 when none is a list)."""
-    sizes = {len(v) for v in values.values() if isinstance(v, (list, tuple))}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{k}: {len(v)}" for k, v in values.items() if isinstance(v, (list, tuple)))
-        raise ConfigError(f"per-run lists must have one length (the number of runs); got {listed}")
-    size = sizes.pop() if sizes else 1
-    if size < 1:
-        raise ConfigError("a per-run list is empty: give at least one value")
-    return size
 
 
 def stack_size(config: dict) -> int:

@@ -74,25 +74,37 @@ def settings(actor: str, lam: float, runs: int = 1) -> dict:
 
 
 def build_module(actor: str, lam: float, fast: bool, runs: int = 1):
-    """The bench's `ISEPModule` (walker2d shapes, the paper's settings), with its data statistics."""
+    """The bench's `ISEPModule` (walker2d shapes, the paper's settings) for `Trainer.fit`."""
     from isep.module import ISEPModule
 
-    module = ISEPModule(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], log_every=1000,
-                        fast=fast, **settings(actor, lam, runs))
-    module.set_data_stats(**data_stats())
-    return module
+    return ISEPModule(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], log_every=1000,
+                      fast=fast, **settings(actor, lam, runs))
 
 
-def make_module(actor: str, lam: float, fast: bool, device: str, total: int, runs: int = 1):
-    """The module ready for a plain loop, set up as `Trainer.fit(max_steps=total)` sets it up: data
-    statistics, optimizers, a cosine schedule over `total` updates (`configure_optimizers` reads
-    that length from the Trainer, which the loop has not), the resident dataset."""
-    module = build_module(actor, lam, fast, runs).to(device)
-    module.configure_optimizers()
-    module.planned_updates = total
-    module.schedule_total = total if module.hparams.actor_lr_schedule == "cosine" else None
-    module.attach_data(walker_buffer(device), BATCH)
-    return module
+def build_agent(actor: str, lam: float, runs: int = 1):
+    """The bench's `ISEPAgent` (the module's settings), with its data statistics."""
+    from isep.agent import ISEPAgent
+
+    agent = ISEPAgent(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], **settings(actor, lam, runs))
+    agent.set_data_stats(**data_stats())
+    return agent
+
+
+def make_agent(actor: str, lam: float, device: str, total: int, runs: int = 1):
+    """The agent ready for a plain loop, set up as `Trainer.fit(max_steps=total)` sets it up: data
+    statistics, a cosine schedule over `total` updates, the resident dataset. No Lightning."""
+    agent = build_agent(actor, lam, runs).to(device)
+    agent.plan(total)
+    agent.attach_data(walker_buffer(device), BATCH)
+    return agent
+
+
+def step_of(agent, fast: bool, device: str, total: int):
+    """The agent's update on the fast path `fit` would choose (`fast`), or eager."""
+    from isep.fast import choose_mode
+
+    mode = choose_mode(fast, torch.device(device), total)
+    return agent.step_function(mode), mode
 
 
 def timed_windows(call: Callable[[], None], updates: int, windows: int, device: str) -> list[float]:
@@ -131,13 +143,12 @@ def bench_reference(actor: str, lam: float, device: str, updates: int, warmup: i
 
 def bench_plain(actor: str, lam: float, fast: bool, device: str, updates: int, warmup: int, windows: int,
                 runs: int = 1) -> dict:
-    """The module's update in a bare loop (no Lightning)."""
-    module = make_module(actor, lam, fast, device, warmup + updates * windows, runs)
-    step = module.step_function()
+    """The agent's update in a bare loop (no Lightning)."""
+    total = warmup + updates * windows
+    step, mode = step_of(make_agent(actor, lam, device, total, runs), fast, device, total)
     warm_s = warmup / timed_windows(step, warmup, 1, device)[0]
     rates = timed_windows(step, updates, windows, device)
-    return {"rates": rates, "setup_s": max(0.0, warm_s - warmup / statistics.median(rates)),
-            "mode": module.fast_mode()}
+    return {"rates": rates, "setup_s": max(0.0, warm_s - warmup / statistics.median(rates)), "mode": mode}
 
 
 def bench_fit(actor: str, lam: float, fast: bool, device: str, updates: int, warmup: int, windows: int) -> dict:
@@ -204,8 +215,7 @@ def _dispatched_ops(call: Callable[[], None]) -> tuple[int, int]:
 def kernels_per_update(actor: str, lam: float, device: str, total: int) -> dict:
     """Kernels launched by one update (of a run of `total`): eager, reference and fast path."""
     out: dict = {}
-    eager = make_module(actor, lam, False, device, total)
-    step = eager.step_function()
+    step, _ = step_of(make_agent(actor, lam, device, total), False, device, total)
     step()
     if device == "cpu":
         out["eager"], matmuls = _dispatched_ops(step)
@@ -213,7 +223,7 @@ def kernels_per_update(actor: str, lam: float, device: str, total: int) -> dict:
         import torch._inductor.config as inductor_config
         import torch._inductor.metrics as inductor_metrics
 
-        fast = make_module(actor, lam, True, device, total).step_function()
+        fast, _ = step_of(make_agent(actor, lam, device, total), True, device, total)
         inductor_metrics.reset()
         with inductor_config.patch(fx_graph_cache=False):  # count what a fresh compile generates
             fast()
@@ -229,7 +239,7 @@ def kernels_per_update(actor: str, lam: float, device: str, total: int) -> dict:
         return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n
 
     out["eager"] = cuda_kernels(step)
-    fast = make_module(actor, lam, True, device, total).step_function()
+    fast, _ = step_of(make_agent(actor, lam, device, total), True, device, total)
     for _ in range(6):
         fast()
     out["fast"] = cuda_kernels(fast)
@@ -237,13 +247,13 @@ def kernels_per_update(actor: str, lam: float, device: str, total: int) -> dict:
 
 
 def bench_evaluation(actor: str, device: str, episodes: int = 10, steps: int = 200) -> float:
-    """Environment steps/s of `RolloutEvaluation` with a paper-sized (untrained) policy."""
-    from isep.callbacks.evaluation import RolloutEvaluation
+    """Environment steps/s of training's evaluation (`Evaluator`) with a paper-sized (untrained) policy."""
+    from isep.evaluation import Evaluator
 
-    module = build_module(actor, 0.0, False).to(device)
-    evaluation = RolloutEvaluation(episodes=episodes, num_envs=10, max_episode_steps=steps)
+    agent = build_agent(actor, 0.0).to(device)
+    evaluation = Evaluator(episodes=episodes, num_envs=10, max_episode_steps=steps)
     evaluation.prepare("HalfCheetah-v5", None, None, OBS_DIM, ACT_DIM)
-    (metrics, _), = evaluation.rollouts(module, None)
+    (metrics, _), = evaluation.rollouts(agent, None)
     return metrics["eval/env_steps_per_s"]
 
 
@@ -262,7 +272,7 @@ def process_worker(actor: str, lam: float, seconds: float, total: int) -> None:
     """One run's eager update (of a run of `total`) on one thread in a loop for `seconds` after its
     warm-up; prints its updates/s."""
     torch.set_num_threads(1)
-    step = make_module(actor, lam, False, "cpu", total).step_function()
+    step, _ = step_of(make_agent(actor, lam, "cpu", total), False, "cpu", total)
     for _ in range(3):
         step()
     start, done = time.perf_counter(), 0

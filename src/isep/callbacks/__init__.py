@@ -1,5 +1,2 @@
-"""Lightning callbacks: rollout evaluation, checkpoints, MLflow records.
-
-The target-network EMA is part of the update itself (`ISEPModule.train_step`), so that the whole
-update is one captured step.
-"""
+"""Lightning callbacks: the target EMA (contributed to the captured update), the divergence guard,
+rollout evaluation, checkpoints, tracking (per-run routes, MLflow records) and Tune reports."""

@@ -1,4 +1,7 @@
-"""`RolloutEvaluation`: the D4RL normalized score (or a toy bandit's expected reward) during training."""
+"""`RolloutEvaluation`: the D4RL normalized score (or a toy bandit's expected reward) during training.
+
+What is measured is `isep.evaluation.Evaluator` (no Lightning: a plain loop and `isep evaluate` use
+it too); this callback decides when, and sends the results to each run's loggers and folder."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
-from isep.evaluation import NormalizedScore, check_spaces, make_env_fn, rollout, toy_expected_reward
+from isep.callbacks.tracking import log_runs, run_routes
+from isep.evaluation import Evaluator
 
 
-class RolloutEvaluation(L.Callback):
+class RolloutEvaluation(Evaluator, L.Callback):
     """Every `every` epochs and at the end of training, roll out the actor's `act` in vectorized envs.
 
     Logs `eval/return_mean`, `eval/return_std`, `eval/normalized_score` (D4RL's reference returns)
@@ -43,12 +46,9 @@ class RolloutEvaluation(L.Callback):
         max_episode_steps: int | None = None,
         guidance: float | None = None,
     ) -> None:
-        super().__init__()
-        self.every, self.episodes, self.num_envs, self.seed = every, episodes, num_envs, seed
-        self.env_id, self.max_episode_steps, self.guidance = env_id, max_episode_steps, guidance
+        Evaluator.__init__(self, episodes, num_envs, seed, env_id, max_episode_steps, guidance)
+        self.every = every
         self.history: list[dict] = []
-        self._env_fn = None
-        self._obs_space = None
         self._last_evaluated_step = -1
 
     # -- set-up: fail at the start of training, not after hours --------------------------------
@@ -56,24 +56,8 @@ class RolloutEvaluation(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every <= 0:
             return
-        self.prepare_for(trainer.datamodule, pl_module.hparams.obs_dim, pl_module.hparams.act_dim)
+        self.prepare_for(trainer.datamodule, pl_module.agent.obs_dim, pl_module.agent.act_dim)
 
-    def prepare_for(self, dm, obs_dim: int, act_dim: int) -> None:
-        """Set up the evaluation of a model on `dm`'s task: its env (`env_id`, else the dataset's own
-        evaluation env, else the registry's) and its number of episodes (the task's, else 20).
-        Nothing to set up for a toy bandit (its expected reward is exact)."""
-        if getattr(dm, "toy", None) is not None:
-            return
-        dataset_id = dm.minari_ids[0] if dm.minari_ids else None
-        self.prepare(self.env_id or dm.env_id, None if self.env_id else dataset_id, dm.obs_keys, obs_dim, act_dim)
-        if self.episodes is None:
-            self.episodes = dm.task.eval_episodes if dm.task is not None else 20
-
-    def prepare(self, env_id: str | None, dataset_id: str | None, obs_keys: list[str] | None, obs_dim: int, act_dim: int) -> None:
-        """Build the env factory (the dataset's own evaluation env, else `env_id`) and check that
-        its spaces fit the model; fails at once with the fix."""
-        self._env_fn = make_env_fn(env_id, dataset_id, self.max_episode_steps)
-        self._obs_space = check_spaces(self._env_fn, obs_keys, obs_dim, act_dim)
 
     # -- when ----------------------------------------------------------------------------------
 
@@ -90,67 +74,24 @@ class RolloutEvaluation(L.Callback):
         if trainer.global_step == self._last_evaluated_step:
             return self.history[-1] if self.history else {}
         start = time.perf_counter()
-        per_run = self.measure(pl_module, trainer.datamodule)
+        per_run = self.measure(pl_module.agent, trainer.datamodule)
         seconds = time.perf_counter() - start
         step = trainer.global_step
         metrics = [{**m, "eval/seconds": seconds} for m, _ in per_run]
         # To each run's loggers at step = updates done (as the training metrics); `eval/score`
         # (the mean over the runs still training) also to Lightning's callback metrics, which the
         # best-checkpoint callback ranks by.
-        pl_module.log_runs(metrics, step=step)
-        live = [m["eval/score"] for r, m in enumerate(metrics) if r not in pl_module.failures] or [metrics[0]["eval/score"]]
+        log_runs(pl_module, metrics, step=step)
+        live = [m["eval/score"] for r, m in enumerate(metrics) if r not in pl_module.agent.failures] or [metrics[0]["eval/score"]]
         score = sum(live) / len(live)
         pl_module.log("eval/score", score, on_step=False, on_epoch=True, prog_bar=True, logger=False)
         records = [{"step": step, **record} for _, record in per_run]
-        for folder, record in zip(pl_module.run_routes().folders, records):
+        for folder, record in zip(run_routes(pl_module).folders, records):
             self._write(folder, record)
         summary = records[0] if len(records) == 1 else {"step": step, "eval/score": score, "runs": records}
         self.history.append(summary)
         self._last_evaluated_step = step
         return summary
-
-    def measure(self, pl_module: L.LightningModule, dm) -> list[tuple[dict, dict]]:
-        """Per run: its metrics and its record. A toy bandit's exact expected reward of the policy's
-        samples, else `rollouts` (after `prepare_for`). Noise from generators seeded with `seed`."""
-        if getattr(dm, "toy", None) is None:
-            return self.rollouts(pl_module, dm.ref_scores)
-        rewards = toy_expected_reward(pl_module, dm.toy, guidance=self.guidance, generators=pl_module.generators(self.seed))
-        return [({"eval/expected_reward": r, "eval/score": r}, {"eval/expected_reward": r, "eval/score": r}) for r in rewards]
-
-    def rollouts(self, pl_module: L.LightningModule, ref_scores: tuple[float, float] | None) -> list[tuple[dict, dict]]:
-        """`episodes` rollouts of each run's policy (after `prepare`), all runs stepped in one vector
-        of envs: per run, its metrics and its episode record."""
-        from isep.data.minari_source import flatten_observations
-
-        runs = pl_module.runs
-        generators = pl_module.generators(self.seed)  # the policy's noise: each run's own stream
-
-        def policy(obs):
-            if runs > 1:
-                obs = obs.reshape(runs, -1, obs.shape[-1])
-            actions = pl_module.act(obs, guidance=self.guidance, generators=generators)
-            return actions.reshape(-1, pl_module.hparams.act_dim).cpu().numpy()
-
-        flatten = lambda obs: flatten_observations(obs, self._obs_space)  # noqa: E731
-        t0 = time.perf_counter()
-        results = rollout(policy, self._env_fn, self.episodes, self.seed, self.num_envs, flatten, runs)
-        steps_per_s = sum(r.env_steps for r in results) / (time.perf_counter() - t0)
-        out = []
-        for result in results:
-            metrics = {
-                "eval/return_mean": float(result.returns.mean()),
-                "eval/return_std": float(result.returns.std()),
-                "eval/env_steps_per_s": steps_per_s,
-            }
-            if ref_scores is not None:
-                score = NormalizedScore(*ref_scores)
-                score.update(torch.as_tensor(result.returns))
-                metrics["eval/normalized_score"] = float(score.compute())
-                metrics["eval/score"] = metrics["eval/normalized_score"]
-            else:
-                metrics["eval/score"] = metrics["eval/return_mean"]
-            out.append((metrics, {"returns": result.returns.tolist(), "seeds": result.seeds, **metrics}))
-        return out
 
     @staticmethod
     def _write(folder: Path, record: dict) -> None:

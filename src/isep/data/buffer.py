@@ -52,6 +52,10 @@ class TransitionBuffer:
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
+    def to(self, device: torch.device | str) -> "TransitionBuffer":
+        """The same transitions on `device`."""
+        return TransitionBuffer(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
     @property
     def device(self) -> torch.device:
         return self.rewards.device

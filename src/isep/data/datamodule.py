@@ -26,6 +26,13 @@ from isep.rng import Draws, run_keys
 VAL_SEED = 12345  # validation/test batches are the same for every run and every call
 
 
+def action_bounds(space) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(low, high) of a Box action space, float32 as the actions are stored; ±1 where unbounded."""
+    low = np.where(np.isfinite(space.low), space.low, -1.0).astype(np.float32).reshape(-1)
+    high = np.where(np.isfinite(space.high), space.high, 1.0).astype(np.float32).reshape(-1)
+    return tuple(low.tolist()), tuple(high.tolist())
+
+
 class D4RLDataModule(L.LightningDataModule):
     """Offline RL data for `ISEPModule`.
 
@@ -87,6 +94,7 @@ class D4RLDataModule(L.LightningDataModule):
         self.reward_transform: RewardTransform = (
             default_reward_transform(self.env_id) if reward_transform == "auto" else reward_transform
         )
+        self.action_low, self.action_high = -torch.ones(2), torch.ones(2)  # the toy bandits' square
         self.obs_dim, self.act_dim = self._space_dims()
 
         self.transitions: Transitions | None = None
@@ -111,7 +119,7 @@ class D4RLDataModule(L.LightningDataModule):
         import gymnasium as gym
         import minari
 
-        dims = set()
+        dims, bounds = set(), set()
         for dataset_id in self.minari_ids:
             try:
                 ds = minari.load_dataset(dataset_id)
@@ -122,8 +130,13 @@ class D4RLDataModule(L.LightningDataModule):
                 ) from err
             obs_space = select_keys(ds.observation_space, self.obs_keys)
             dims.add((gym.spaces.flatdim(obs_space), gym.spaces.flatdim(ds.action_space)))
+            bounds.add(action_bounds(ds.action_space))
         if len(dims) != 1:
             raise DatasetError(f"datasets {self.minari_ids} have different observation/action sizes: {sorted(dims)}")
+        if len(bounds) != 1:
+            raise DatasetError(f"datasets {self.minari_ids} have different action bounds: {sorted(bounds)}")
+        low, high = bounds.pop()
+        self.action_low, self.action_high = torch.tensor(low), torch.tensor(high)
         return dims.pop()
 
     @property
@@ -145,6 +158,8 @@ class D4RLDataModule(L.LightningDataModule):
             "obs_std": self.obs_std,
             "max_reward": self.buffer.rewards.max().detach().cpu(),
             "max_abs_reward": self.buffer.rewards.abs().max().detach().cpu(),
+            "action_low": self.action_low,
+            "action_high": self.action_high,
         }
 
     # -- Lightning hooks -----------------------------------------------------------------------

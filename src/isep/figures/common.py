@@ -8,7 +8,7 @@ from isep.errors import ConfigError
 
 
 def load_policy(run_dir: str | Path, device: str = "cpu"):
-    """The trained module of a run folder (its `checkpoints/last.ckpt`; a stacked run's folder
+    """The trained agent of a run folder (its `checkpoints/last.ckpt`; a stacked run's folder
     names its stack's checkpoint and its index), in evaluation mode."""
     from isep.module import ISEPModule
     from isep.runs import run_checkpoint
@@ -17,7 +17,7 @@ def load_policy(run_dir: str | Path, device: str = "cpu"):
     if not ckpt.is_file():
         raise ConfigError(f"no checkpoint at {ckpt}: the figure needs the run's trained policy (was the run folder moved?)")
     module = ISEPModule.load_from_checkpoint(ckpt, map_location=device)
-    return (module if index is None else module.select_run(index)).eval()
+    return (module.agent if index is None else module.agent.select_run(index)).eval()
 
 
 def run_dirs(groups) -> dict:

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from isep.rng import Draws, Stream
+from isep.rng import MAX_DROPOUT_LAYERS, Draws, Stream
 
 ACTIVATIONS = {"relu": nn.functional.relu, "mish": nn.functional.mish, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 
@@ -69,6 +69,8 @@ class StackedMLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if dropout > 0 and len(hidden) > MAX_DROPOUT_LAYERS:
+            raise ValueError(f"dropout draws have streams for {MAX_DROPOUT_LAYERS} hidden layers, got {len(hidden)}")
         dims = [in_dim, *hidden, out_dim]
         gens = member_generators(members, generators)
         self.layers = nn.ModuleList(

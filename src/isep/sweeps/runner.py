@@ -156,9 +156,9 @@ def pack(trials: list[Trial], size: int, grid: Grid, bookkeeping: list[str]) -> 
     groups: dict[tuple, list[Trial]] = {}
     for trial in todo:
         fixed = tuple(sorted((k, v) for k, v in trial.point.items() if k not in STACKABLE))
-        groups.setdefault(fixed, []).append(trial)
+        groups.setdefault((fixed, weighted_sum(trial.config)), []).append(trial)
     packed = []
-    for fixed, members in groups.items():
+    for (fixed, _), members in groups.items():
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             if len(chunk) == 1:
@@ -177,6 +177,12 @@ def pack(trials: list[Trial], size: int, grid: Grid, bookkeeping: list[str]) -> 
             packed.append(Trial(dict(fixed), args, "|".join(m.key for m in chunk), max(m.evaluations for m in chunk),
                                 action="resume" if "--ckpt_path" in args else "start", members=chunk))
     return packed
+
+
+def weighted_sum(config: dict | None) -> bool:
+    """A `weighted_sum` run with λ > 0 doubles the actor's batch: it stacks only with its like."""
+    model = (config or {}).get("model") or {}
+    return model.get("policy_mix") == "weighted_sum" and float(model.get("lam") or 0) > 0
 
 
 def has_checkpoint(run_dir: str | None) -> bool:
