@@ -88,6 +88,17 @@ def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 
+class PauseAtStart(L.Callback):
+    """For kill tests: the run sleeps before its first update (its folder and records exist, no
+    checkpoint yet), so that a test kills it inside its first epoch."""
+
+    def __init__(self, seconds: float = 300.0) -> None:
+        self.seconds = seconds
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        time.sleep(self.seconds)
+
+
 class PauseAfterFirstEpoch(L.Callback):
     """For kill tests: after epoch 0 (its checkpoint written) the run sleeps, so that a test kills
     it at a known step instead of racing it."""
@@ -129,6 +140,17 @@ class PoisonAt(L.Callback):
             with torch.no_grad():
                 for p in pl_module.agent.critic.parameters():
                     p[rows].fill_(float("nan"))
+
+
+class DivergenceListener(L.Callback):
+    """A user's callback that hears of a run's divergence (`on_run_diverged`): writes each to `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_run_diverged(self, trainer: L.Trainer, pl_module: L.LightningModule, run: int, reason: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"run": run, "step": trainer.global_step, "reason": reason}) + "\n")
 
 
 def run_folders(root: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import PoisonAt, StopAfter, callback_arg, ready_agent, run_folders
+from tests.helpers import DivergenceListener, PoisonAt, StopAfter, callback_arg, ready_agent, run_folders
 
 STACKS = {
     "gaussian": dict(actor="gaussian", lam=[0.0, 0.3, 0.5], seed=[3, 4, 5], beta=[1.0, 2.0, 3.0], actor_dropout=0.1,
@@ -155,9 +155,13 @@ def test_stacked_resume_equals_an_uninterrupted_stack(tmp_path):
 def test_one_run_of_a_stack_diverges_alone(tmp_path, capsys):
     import mlflow
 
+    heard = tmp_path / "heard.jsonl"
     code = main(["fit", *TOY, "--stack.lam", "0,0.2,0.4", "--trainer.max_epochs", "4", "--mlflow.experiment", "nan",
-                 "--trainer.default_root_dir", str(tmp_path / "runs"), *callback_arg(PoisonAt, step=12, run=1)])
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), *callback_arg(PoisonAt, step=12, run=1),
+                 *callback_arg(DivergenceListener, path=str(heard))])
     assert code == 0
+    (event,) = [json.loads(line) for line in heard.read_text().splitlines()]  # a user's callback heard it, once
+    assert event["run"] == 1 and event["step"] == 15 and "λ = 0.2" in event["reason"]
     client = mlflow.MlflowClient()
     runs = {r.data.tags["lam"]: r for r in client.search_runs([client.get_experiment_by_name("nan").experiment_id])}
     assert runs["0.2"].info.status == "FAILED"

@@ -25,25 +25,33 @@ from isep.agent.config import PolicyMix
 from isep.checkpoint_compat import upgrade_checkpoint
 from isep.errors import ConfigError
 from isep.fast import choose_mode
+from isep.params import (
+    ClosedUnitInterval,
+    HalfOpenUnitInterval,
+    NonNegativeFloat,
+    OpenUnitInterval,
+    PositiveFloat,
+    PositiveInt,
+    RateInterval,
+)
 
 GRAPH_UPDATES_PER_CALL = 10  # a captured update is faster than one Lightning step (~0.1 ms)
 
 
 class ISEPModule(L.LightningModule):
-    """ISEP / ISEP-FM with twin Q, V and a Gaussian or flow actor (`isep.agent.AgentConfig` documents
-    the method's settings: `actor`, `lam`, `expectile`, `beta`, `guidance`, `policy_mix`, `seed`, …).
+    """ISEP / ISEP-FM with twin Q, V and a Gaussian or flow actor: the options of `--model.*`.
 
-    Args besides the agent's:
-        obs_dim, act_dim: sizes of states and actions (linked from the DataModule by the CLI).
+    Args:
+        obs_dim: size of the states (linked from the DataModule by the CLI).
+        act_dim: size of the actions (linked from the DataModule by the CLI).
         log_every: updates between two logged (averaged) metric sets.
         divergence_factor: stop when |Q| or |V| exceeds this many times max |r| / (1 − γ) (values
             can grow to 1e11 while staying finite, so a NaN check alone never fires; DESIGN.md §1).
-        fast: the fast path (`isep.fast`): None (auto) = compiled and captured as a CUDA graph on
-            a GPU; on the CPU compiled for runs of 20,000 updates or more (where compiling pays),
-            else eager. True = compile on the CPU whatever the length; False = always eager.
-        updates_per_call: updates per Lightning training step (the DataModule's ticks); None =
-            10 when the update is a CUDA graph (a replay is faster than Lightning's per-step
-            bookkeeping), else 1. Checkpoints, evaluation and `global_step` still count updates.
+        fast: the fast path (`isep.fast`): unset (auto) = compiled and captured as a CUDA graph on
+            a GPU; on the CPU compiled for runs of 20,000 updates or more, else eager. true =
+            compile on the CPU whatever the length; false = always eager.
+        updates_per_call: updates per Lightning training step; unset = 10 when the update is a CUDA
+            graph (a replay is faster than Lightning's per-step bookkeeping), else 1.
     """
 
     def __init__(
@@ -51,32 +59,32 @@ class ISEPModule(L.LightningModule):
         obs_dim: int = 1,
         act_dim: int = 2,
         actor: Literal["gaussian", "flow"] = "flow",
-        lam: float | list[float] = 0.0,
-        expectile: float | list[float] = 0.7,
-        beta: float | list[float] = 3.0,
-        guidance: float | list[float] = 1.0,
+        lam: HalfOpenUnitInterval | list[HalfOpenUnitInterval] = 0.0,
+        expectile: OpenUnitInterval | list[OpenUnitInterval] = 0.7,
+        beta: NonNegativeFloat | list[NonNegativeFloat] = 3.0,
+        guidance: NonNegativeFloat | list[NonNegativeFloat] = 1.0,
         policy_mix: PolicyMix | list[PolicyMix] = "stochastic",
         seed: int | list[int] | None = None,
-        flow_steps: int = 10,
+        flow_steps: PositiveInt = 10,
         value_policy_loss: Literal["mse", "expectile"] = "mse",
         value_mix: Literal["expectation", "bernoulli"] = "expectation",
         clip_policy_q: bool = False,
-        gamma: float = 0.99,
-        target_update_rate: float = 0.005,
-        critic_hidden: Sequence[int] = (256, 256),
-        actor_hidden: Sequence[int] | None = None,
-        actor_dropout: float = 0.0,
-        label_dropout: float = 0.1,
-        label_embed_dim: int = 32,
-        critic_lr: float = 3e-4,
-        value_lr: float = 3e-4,
-        actor_lr: float = 3e-4,
+        gamma: ClosedUnitInterval = 0.99,
+        target_update_rate: RateInterval = 0.005,
+        critic_hidden: Sequence[PositiveInt] = (256, 256),
+        actor_hidden: Sequence[PositiveInt] | None = None,
+        actor_dropout: HalfOpenUnitInterval = 0.0,
+        label_dropout: ClosedUnitInterval = 0.1,
+        label_embed_dim: PositiveInt = 32,
+        critic_lr: PositiveFloat = 3e-4,
+        value_lr: PositiveFloat = 3e-4,
+        actor_lr: PositiveFloat = 3e-4,
         actor_lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_weight: float = 100.0,
-        log_every: int = 100,
-        divergence_factor: float = 100.0,
+        max_weight: PositiveFloat = 100.0,
+        log_every: PositiveInt = 100,
+        divergence_factor: PositiveFloat = 100.0,
         fast: bool | None = None,
-        updates_per_call: int | None = None,
+        updates_per_call: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         if log_every < 1 or (updates_per_call is not None and updates_per_call < 1):
@@ -217,3 +225,8 @@ class ISEPModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test/")
+
+
+# `--model.*` help: the method's settings are documented once, on `AgentConfig`.
+ISEPModule.__doc__ = ISEPModule.__doc__.rstrip() + "\n" + AgentConfig.__doc__.split("Args:\n", 1)[1]
+

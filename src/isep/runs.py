@@ -21,6 +21,8 @@ from typing import Any
 from isep.agent.config import STACK_FIELDS, stack_length
 from isep.errors import ConfigError
 
+STACK_FILE = "stack.json"  # in a stacked run's folder: where its checkpoint is, and its index
+RUN_ID_FILE = "mlflow_run_id"  # in a run's folder: its MLflow run, which a resumed fit continues
 # Performance switches and bookkeeping: they do not change what a run computes.
 HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
 STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_mix": str, "seed": int}
@@ -139,26 +141,27 @@ def expand_stack(stack: dict | None, model: dict) -> dict[str, list]:
 
 
 def used(folder: Path) -> bool:
-    """A folder holds a run once it has a checkpoint or an evaluation record."""
+    """A folder holds a run once it has a checkpoint, an evaluation record, a config or an MLflow
+    run id: its identity, which no other run may take over."""
     ckpts = folder / "checkpoints"
-    return (ckpts.is_dir() and any(ckpts.iterdir())) or (folder / "eval_returns.jsonl").is_file()
+    return (ckpts.is_dir() and any(ckpts.iterdir())) or any(
+        (folder / name).is_file() for name in ("eval_returns.jsonl", "config.yaml", RUN_ID_FILE))
 
 
-def choose_run_dir(base: Path, resume: bool) -> Path:
+def choose_run_dir(base: Path, resume: bool, live=lambda folder: False) -> Path:
     """The run folder: `base`, or `base.1`, `base.2`, … so that nothing on disk is ever replaced.
 
-    A fresh run takes the first folder without checkpoints; a resumed one (`--ckpt_path last`)
-    the newest folder holding a `last.ckpt`.
+    A fresh run takes the first folder that holds no run (`used`) and no live process (`live`);
+    a resumed one (`--ckpt_path last`) the newest folder holding a `last.ckpt`, else a fresh one.
     """
     folders = [base] + [base.with_name(f"{base.name}.{i}") for i in range(1, 1000)]
     if resume:
         existing = [f for f in folders if (f / "checkpoints" / "last.ckpt").is_file()]
-        return existing[-1] if existing else base
-    return next(f for f in folders if not used(f))
+        if existing:
+            return existing[-1]
+    return next(f for f in folders if not used(f) and not live(f))
 
 
-STACK_FILE = "stack.json"  # in a stacked run's folder: where its checkpoint is, and its index
-RUN_ID_FILE = "mlflow_run_id"  # in a run's folder: its MLflow run, which a resumed fit continues
 
 
 def stack_member(folder: Path) -> tuple[Path, int] | None:

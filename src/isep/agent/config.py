@@ -48,19 +48,38 @@ class AgentConfig:
     """ISEP's settings. `lam`, `expectile`, `beta`, `guidance`, `policy_mix` and `seed` take one
     value per run (lists of one length R train R runs in one agent) or one value for all.
 
-    lam: λ ∈ [0, 1), the policy's share in the value target (Eq. 2) and in the actor's targets
-        (Eqs. 5-6). expectile: τ (Eq. 2). beta: AWR temperature β (Eq. 5). guidance: CFG weight w
-        (Eq. 7). policy_mix: see `PolicyMix`. seed: initial weights and every draw of the run
-        (None: torch's initial seed, i.e. `seed_everything`'s).
-    value_policy_loss: ℓ of Eq. 2's policy term, `mse` or `expectile`. Neither has Appendix A's
-        fixed point V = (1 − λ)·expectile_τ(Q̂|D) + λ·E_π[Q̂]: with `mse` V solves
-        (1 − λ)·E_D[|τ − 1(Q̂ < V)|·(Q̂ − V)] + λ·E_π[Q̂ − V] = 0 (a mean in which the data's Q̂ are
-        weighted τ above V and 1 − τ below it, the policy's 1); with `expectile` V is the
-        τ-expectile of the mixture (1 − λ)·Q̂|D + λ·Q̂|π. (Q̂|D uniform on {0, 0.5, 1, 1.5, 2}, Q̂|π on
-        {1, 1.5}, λ 0.5, τ 0.8: Appendix A's formula 1.330, mse 1.299, expectile 1.404; tested.)
-    value_mix: `expectation` ((1 − λ)·data term + λ·policy term) or `bernoulli` (a per-sample gate,
-        Section 5.3's "Bernoulli-gated" form; same expectation).
-    clip_policy_q: clip Q̂(s, a_π) at max r / (1 − γ) (Appendix A: "crop Q if it ever exceeds").
+    Args:
+        actor: `gaussian` (ISEP; IQL at λ = 0) or `flow` (ISEP-FM; CFGRL at λ = 0).
+        lam: λ ∈ [0, 1), the policy's share in the value target (Eq. 2) and in the actor's targets (Eqs. 5-6).
+        expectile: τ of the expectile loss (Eq. 2; IQL's expectile).
+        beta: AWR inverse temperature β of the Gaussian actor (Eq. 5); 0 with λ = 0 is BC.
+        guidance: classifier-free guidance weight w of the flow actor (Eq. 7).
+        policy_mix: how the actor's targets combine a and a_π: `stochastic` (a Bernoulli(λ) selection,
+            Eq. 5), `deterministic` (one term at ā = (1 − λ)a + λa_π, Figure 7's baseline) or
+            `weighted_sum` (Eq. 26: both terms, weighted 1 − λ and λ).
+        seed: the run's initial weights and every draw of its updates (default: the global seed).
+        flow_steps: Euler steps of the flow sampler (FQL: 10, CFGRL: 16).
+        value_policy_loss: ℓ of Eq. 2's policy term, `mse` or `expectile`. Neither has Appendix A's
+            fixed point V = (1 − λ)·expectile_τ(Q̂|D) + λ·E_π[Q̂]: with `mse` V solves
+            (1 − λ)·E_D[|τ − 1(Q̂ < V)|·(Q̂ − V)] + λ·E_π[Q̂ − V] = 0 (a mean in which the data's Q̂
+            weigh τ above V and 1 − τ below it, the policy's 1); with `expectile` V is the
+            τ-expectile of the mixture (1 − λ)·Q̂|D + λ·Q̂|π. (Q̂|D uniform on {0, 0.5, 1, 1.5, 2},
+            Q̂|π on {1, 1.5}, λ 0.5, τ 0.8: Appendix A's formula 1.330, mse 1.299, expectile 1.404; tested.)
+        value_mix: `expectation` ((1 − λ)·data term + λ·policy term) or `bernoulli` (a per-sample
+            Bernoulli(λ) gate between the terms, Section 5.3; same expectation).
+        clip_policy_q: clip Q̂(s, a_π) at max r / (1 − γ) (Appendix A: "crop Q if it ever exceeds the bound").
+        gamma: the discount (IQL: 0.99).
+        target_update_rate: EMA rate of the target critics (IQL: 0.005); a `TargetEMA` callback's rate wins.
+        critic_hidden: hidden widths of the twin critics and of V (IQL: 256, 256).
+        actor_hidden: hidden widths of the actor (default: IQL's 256×2 Gaussian, CFGRL's 512×4 flow field).
+        actor_dropout: dropout in the Gaussian actor (IQL: 0.1 on Adroit/Kitchen).
+        label_dropout: probability of replacing the optimality token by ∅ (CFGRL: 0.1).
+        label_embed_dim: size of the optimality-token embedding (CFGRL: 32).
+        critic_lr: Adam learning rate of the twin critics (IQL: 3e-4).
+        value_lr: Adam learning rate of V (IQL: 3e-4).
+        actor_lr: Adam learning rate of the actor (IQL, CFGRL: 3e-4).
+        actor_lr_schedule: `cosine` decay of the actor's rate over training (IQL) or `constant` (CFGRL).
+        max_weight: cap of the AWR weights (IQL: 100).
     """
 
     actor: Actor = "flow"

@@ -13,6 +13,7 @@ import lightning as L
 
 from isep.callbacks.tracking import log_runs, run_routes
 from isep.evaluation import Evaluator
+from isep.params import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
 class RolloutEvaluation(Evaluator, L.Callback):
@@ -38,13 +39,13 @@ class RolloutEvaluation(Evaluator, L.Callback):
 
     def __init__(
         self,
-        every: int = 10,
-        episodes: int | None = None,
-        num_envs: int = 10,
+        every: NonNegativeInt = 10,
+        episodes: PositiveInt | None = None,
+        num_envs: PositiveInt = 10,
         seed: int = 100_000,
         env_id: str | None = None,
-        max_episode_steps: int | None = None,
-        guidance: float | None = None,
+        max_episode_steps: PositiveInt | None = None,
+        guidance: NonNegativeFloat | None = None,
     ) -> None:
         Evaluator.__init__(self, episodes, num_envs, seed, env_id, max_episode_steps, guidance)
         self.every = every
@@ -54,9 +55,20 @@ class RolloutEvaluation(Evaluator, L.Callback):
     # -- set-up: fail at the start of training, not after hours --------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.every <= 0:
+        if stage != "fit" or self.every <= 0 or self._env_fn is not None:  # (`isep fit` prepared it already)
             return
         self.prepare_for(trainer.datamodule, pl_module.agent.obs_dim, pl_module.agent.act_dim)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run keeps the evaluation records up to its checkpoint (later ones, written before
+        an interrupt, go: the resume writes them again), so the file reads like an uninterrupted run's."""
+        if trainer.global_step == 0:
+            return
+        for folder in run_routes(pl_module).folders:
+            path = Path(folder) / "eval_returns.jsonl"
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= trainer.global_step]
+                path.write_text("".join(line + "\n" for line in kept))
 
 
     # -- when ----------------------------------------------------------------------------------

@@ -3,13 +3,15 @@ logger and its tags, and the record of why a run failed."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -36,9 +38,29 @@ def git_commit() -> str:
 class RunLogger(MLFlowLogger):
     """One run's MLflow record (Lightning's MLFlowLogger). `fail(reason)` ends it as FAILED at
     once (a run of a stack that diverged while the others go on), and Lightning's final status
-    does not undo it."""
+    does not undo it. A resumed run's record (`continue_record`) reads like an uninterrupted run's:
+    no stale failure tag, and no metric point written twice."""
 
     failed = False
+    logged_until: dict[str, int] = {}  # per metric: the last step the record holds (a resumed run)
+
+    def continue_record(self) -> None:
+        """Before a resumed run logs: RUNNING again, the interrupt's `failure_reason` gone, and the
+        last step of each metric remembered, so that the steps between the checkpoint and the
+        interrupt (recorded already; a resume computes them again, bit for bit) are not logged twice."""
+        client, run_id = self.experiment, self.run_id
+        run = client.get_run(run_id)
+        if "failure_reason" in run.data.tags:
+            client.delete_tag(run_id, "failure_reason")
+        client.update_run(run_id, status="RUNNING")
+        self.logged_until = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if self.logged_until and step is not None:
+            metrics = {k: v for k, v in metrics.items() if step > self.logged_until.get(k, -1)}
+            if not metrics:
+                return
+        super().log_metrics(metrics, step)
 
     def fail(self, reason: str) -> None:
         self.experiment.set_tag(self.run_id, "failure_reason", reason[:4000])
@@ -51,8 +73,9 @@ class RunLogger(MLFlowLogger):
 
 
 def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: dict[str, str], run_id: str | None) -> RunLogger:
-    """A `RunLogger` with an explicit URI (MLFlowLogger's default is read at import and fails)."""
-    return RunLogger(
+    """A `RunLogger` with an explicit URI (MLFlowLogger's default is read at import and fails);
+    with `run_id`, the resumed run's record, continued."""
+    logger = RunLogger(
         experiment_name=experiment,
         run_name=run_name,
         tracking_uri=tracking_uri(uri),
@@ -60,6 +83,107 @@ def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: di
         log_model=False,  # MLflowRunRecord logs the best checkpoint itself
         run_id=run_id,
     )
+    if run_id is not None:
+        logger.continue_record()
+    return logger
+
+
+class RunCSVLogger(CSVLogger):
+    """The run's CSV metrics, `<folder>/csv/version_0/metrics.csv`, one file for the run's life.
+
+    A resumed run continues the same file: rows after the checkpoint it resumes from (written
+    before an interrupt) are dropped when it starts (`truncate_after`), so the file reads like an
+    uninterrupted run's. `MLflowRunRecord` flushes it at every checkpoint, so a SIGKILL loses no
+    row that a resume will not write again.
+    """
+
+    def __init__(self, folder: Path, resuming: bool = False) -> None:
+        super().__init__(folder, name="csv", version=0)
+        self.resuming = resuming
+
+    def truncate_after(self, step: int) -> None:
+        """Keep the rows up to `step` (the checkpoint a resumed run starts from)."""
+        path = Path(self.log_dir) / "metrics.csv"
+        if not path.is_file():
+            return
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames or [], [r for r in reader if int(float(r.get("step") or 0)) <= step]
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.experiment.metrics_keys = list(fields)  # Lightning's writer appends under the same header
+
+
+def check_tracking_uri(uri: str | None) -> str:
+    """The tracking URI, refused at once (before any run exists) when it is malformed, names a
+    corrupt sqlite file, or a server that does not answer within seconds (MLflow itself retries
+    for minutes)."""
+    import socket
+    import sqlite3
+    from urllib.parse import urlparse
+
+    from isep.errors import ConfigError
+
+    uri = tracking_uri(uri)
+    scheme = urlparse(uri).scheme
+    if uri.startswith("sqlite:"):
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(f"tracking URI {uri!r}: a sqlite store is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        if path.exists():
+            try:
+                with sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True) as con:
+                    con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.DatabaseError as err:
+                raise ConfigError(f"the MLflow store {path} is not a readable sqlite database ({err}); move it away "
+                                  "(MLflow then makes a new one), or point --mlflow.tracking_uri elsewhere") from None
+        return uri
+    if scheme in ("http", "https"):
+        parsed = urlparse(uri)
+        port = parsed.port or (443 if scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=5).close()
+        except OSError as err:
+            raise ConfigError(f"the MLflow server {uri} does not answer ({err.strerror or err}): start it "
+                              "(`mlflow server --host HOST --port PORT`), or pass --mlflow.tracking_uri sqlite:///mlflow.db "
+                              "or --mlflow.enabled false") from None
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # not minutes of retries later in the run
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        return uri
+    if scheme in ("postgresql", "mysql", "mssql", "databricks", "file") or (len(scheme) <= 1 and "://" not in uri):
+        return uri
+    raise ConfigError(f"tracking URI {uri!r} has an unknown scheme {scheme!r}: use sqlite:///mlflow.db, "
+                      "http(s)://host:port, or a database URI (postgresql://...)")
+
+
+def mark_killed(uri: str | None, run_id: str, folder: Path) -> None:
+    """A RUNNING record whose process is gone (killed inside its first epoch, no checkpoint): KILLED."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(uri))
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001  (another store, or a deleted run: nothing to mark)
+        return
+    if run.info.status == "RUNNING":
+        client.set_tag(run_id, "failure_reason", f"killed before its first checkpoint (its folder {folder} has none)")
+        client.set_terminated(run_id, "KILLED")
+        print(f"isep: marked MLflow run {run_id} KILLED: {folder} was abandoned before its first checkpoint",
+              file=sys.stderr)
+
+
+def delete_runs(uri: str | None, run_ids: list[str]) -> None:
+    """Delete the MLflow runs this process created for a run that failed before training."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(uri))
+    for run_id in run_ids:
+        try:
+            client.delete_run(run_id)
+        except Exception:  # noqa: BLE001  (never hide the error that made the run fail)
+            pass
 
 
 @dataclass
@@ -124,6 +248,22 @@ class MLflowRunRecord(L.Callback):
             for logger in loggers:
                 if path.is_file():
                     logger.experiment.log_artifact(logger.run_id, str(path))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run continues its CSV file from the checkpoint's step (rows written after it,
+        before an interrupt, go: the resume writes them again)."""
+        if trainer.global_step > 0:
+            for loggers in run_routes(pl_module).loggers:
+                for logger in loggers:
+                    if isinstance(logger, RunCSVLogger) and logger.resuming:
+                        logger.truncate_after(trainer.global_step)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """The CSV rows written so far reach the disk with each checkpoint (a SIGKILL loses none of them)."""
+        for loggers in run_routes(pl_module).loggers:
+            for logger in loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.save()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from isep.callbacks.checkpoint import BestCheckpoint

@@ -20,6 +20,7 @@ from isep.data.minari_source import (
 )
 from isep.data.registry import RewardTransform, TaskSpec, default_reward_transform
 from isep.data.toy import TOY_BANDITS
+from isep.params import PositiveInt
 from isep.data.transitions import Transitions, reward_scale
 from isep.rng import Draws, run_keys
 
@@ -59,15 +60,15 @@ class D4RLDataModule(L.LightningDataModule):
     def __init__(
         self,
         dataset: str | list[str] = "toy/sparse-optimum",
-        batch_size: int = 256,
-        steps_per_epoch: int = 1000,
+        batch_size: PositiveInt = 256,
+        steps_per_epoch: PositiveInt = 1000,
         normalize_states: bool = False,
         reward_transform: Literal["auto", "iql_locomotion", "none"] = "auto",
         obs_keys: list[str] | None = None,
         download: bool = False,
-        toy_size: int = 10_000,
+        toy_size: PositiveInt = 10_000,
         toy_seed: int = 0,
-        val_batches: int = 10,
+        val_batches: PositiveInt = 10,
     ) -> None:
         super().__init__()
         if batch_size < 1 or steps_per_epoch < 1:
