@@ -252,7 +252,7 @@ def resolve_fit_config(args: Sequence[str]) -> dict:
 # of them never import Lightning, ≈ 4.5 s).
 COMMANDS = {
     "data": "isep.data.commands:data_main",
-    "compare": "isep.compare:compare_main",
+    "compare": "isep.results.cli:compare_main",
     "demo": "isep.demo:demo_main",
     "sweep": "isep.sweeps.runner:sweep_main",
     "figure": "isep.figures.cli:figure_main",
