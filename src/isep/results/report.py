@@ -53,8 +53,8 @@ def header(study: Study, sel: Selection) -> list[str]:
     else:
         lines.append(f"metric: {', '.join(used)}")
     lines.append(f"statistics over seeds: mean, median, IQM; 95 % CIs by the percentile bootstrap ({stats.RESAMPLES} "
-                 "resamples, each task's and variant's runs resampled apart; scipy.stats.bootstrap, fixed seed). With 3 "
-                 "seeds such an interval covers the true mean only about 80 % of the time: a first look, not a proof.")
+                 "resamples, each task's and variant's runs resampled apart; scipy.stats.bootstrap, fixed seed). At 3 "
+                 "seeds the interval of a mean is the range of the 3 scores, a 75 % interval: a first look, not a proof.")
     if sel.include_unfinished:
         other = counted[counted["status"] != "FINISHED"]["status"]
         if len(other):
