@@ -127,8 +127,11 @@ def test_include_unfinished_counts_them_and_flags_uneven_lengths(store, tmp_path
     mean, _, _, n, flags = parse_cell(rows[WALKER]["ISEP-FM λ=0.3"])
     assert n == 4 and mean == pytest.approx(np.mean([*FINALS[(WALKER, "flow", 0.3)], FAILED_VALUES[-1]]), abs=0.051)
     assert parse_cell(rows[HOPPER]["ISEP λ=0.5"])[3:] == (4, "‡")  # the RUNNING run stopped at step 100
+    assert parse_cell(rows[HOPPER]["IQL (λ=0)"])[3:] == (3, "‡")  # compared with runs of another length
+    assert parse_cell(rows[HOPPER]["CFGRL (λ=0)"])[4] == ""  # the flow actor's runs all end at 300
     assert "not counted" not in out and "1 FAILED, 1 RUNNING" in out
-    assert f"‡ {HOPPER} ISEP λ=0.5: its runs end at different steps (100–300)" in out
+    assert (f"‡ {HOPPER}: runs of different lengths, scored after different training: they end at IQL (λ=0) at 300; "
+            "ISEP λ=0.5 at 100–300 updates") in out
     assert f"{HOPPER}: no verdict: its runs end at different update counts (100 to 300)" in out
 
 

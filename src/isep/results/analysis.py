@@ -18,6 +18,7 @@ from isep.results.frames import CELL, DEFAULT_METRIC, Loaded, ScoreRule, column_
 
 FEW_SEEDS = 3  # cells with fewer seeds are flagged
 COLUMN = ["actor", "settings", "policy_mix", "lam"]  # a variant, across tasks
+FAMILY = ["metric", "task", "actor", "settings"]  # the variants compared with one λ = 0
 
 
 class CellKey(NamedTuple):
@@ -70,11 +71,14 @@ def cell_table(counted: pd.DataFrame) -> pd.DataFrame:
         ends = sorted(set(runs["last_step"]))
         row.update(variant=variant_label(row["actor"], row["lam"], row["policy_mix"], row["settings"]),
                    n=len(scores), seeds=";".join(runs["seed"]), std=float(np.std(scores, ddof=1)) if len(scores) > 1 else np.nan,
-                   first_end=ends[0], last_end=ends[-1], few_seeds=len(scores) < FEW_SEEDS, uneven=len(ends) > 1)
+                   first_end=ends[0], last_end=ends[-1], few_seeds=len(scores) < FEW_SEEDS)
         for name, e in stats.cell_estimates(scores).items():
             row.update(_estimate_columns(name, e))
         rows.append(row)
     table = pd.DataFrame(rows)
+    # runs of different lengths: within the cell, or against the other variants it is compared with
+    family = table.groupby(FAMILY, sort=False)
+    table["uneven"] = (family["first_end"].transform("min") != family["last_end"].transform("max"))
     order = table.apply(lambda r: (r["metric"] != DEFAULT_METRIC, r["metric"], r["task"],
                                    column_order(r["actor"], r["settings"], r["policy_mix"], r["lam"])), axis=1)
     return table.iloc[sorted(range(len(table)), key=lambda i: order.iloc[i])].reset_index(drop=True)

@@ -21,12 +21,13 @@ import pandas as pd
 
 from isep.errors import CompareError
 from isep.results.store import metric_history
+from isep.runs import HASH_EXCLUDE
 
 DEFAULT_METRIC = "eval/normalized_score"
 FALLBACK_METRIC = "eval/expected_reward"  # what the toy bandits log instead of a normalized score
 # Params that can make two runs different variants: the model and data settings of the run's
-# hash (`isep.runs`), less those the cell key holds already.
-KEY_PARAMS = {"model.lam", "model.seed", "model.actor", "model.policy_mix", "data.dataset"}
+# hash (`isep.runs`: not the performance switches), less those the cell key holds already.
+KEY_PARAMS = {"model.lam", "model.seed", "model.actor", "model.policy_mix", "data.dataset"} | HASH_EXCLUDE
 CELL = ["metric", "task", "actor", "settings", "policy_mix", "lam"]  # one cell: a variant on a task
 ACTOR_ORDER = {"gaussian": 0, "flow": 1}
 MIX_ORDER = {"stochastic": 0, "deterministic": 1}

@@ -66,6 +66,9 @@ def plot_score_vs_lambda(study: Study, path: Path) -> None:
     """Per task: the mean score over seeds against λ, a line per actor (and mix, settings), with
     its CI band and each point's n."""
     panels = _panels(study.cells)
+    lines = sorted({tuple(k) for k in study.cells[["actor", "settings", "policy_mix"]].itertuples(index=False)},
+                   key=lambda k: column_order(k[0], k[1], k[2], 0.0))
+    palette = {k: f"C{i % 10}" for i, k in enumerate(lines)}  # one colour per line, the same in every panel
     fig, axes = figure(len(panels))
     for ax, ((metric, task), cells) in zip(axes, panels.items()):
         for (actor, settings, mix), line in cells.groupby(["actor", "settings", "policy_mix"], sort=False):
@@ -73,8 +76,8 @@ def plot_score_vs_lambda(study: Study, path: Path) -> None:
             name, base = {"flow": ("ISEP-FM", "CFGRL"), "gaussian": ("ISEP", "IQL")}.get(actor, (actor, actor))
             name += (" det." if mix == "deterministic" else "") + (f" [{settings}]" if settings else "")
             style = "--" if mix == "deterministic" else "-"
-            drawn = ax.plot(line["lam"], line["mean"], style, marker="o", label=f"{name} (λ = 0: {base})")[0]
-            color = drawn.get_color()
+            color = palette[(actor, settings, mix)]
+            ax.plot(line["lam"], line["mean"], style, marker="o", color=color, label=f"{name} (λ = 0: {base})")
             ax.fill_between(line["lam"], line["mean_low"], line["mean_high"], color=color, alpha=0.2, linewidth=0)
             ax.errorbar(line["lam"], line["mean"], yerr=[line["mean"] - line["mean_low"], line["mean_high"] - line["mean"]],
                         fmt="none", ecolor=color, capsize=4, alpha=0.7)  # the CI also where a band has one point

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from isep.results import plots, stats, tables
-from isep.results.analysis import Study
+from isep.results.analysis import FAMILY, Study
 from isep.results.frames import DEFAULT_METRIC
 
 TABLE_COLUMNS = ["task", "actor", "lam", "policy_mix", "settings", "metric", "variant", "n", "seeds",
@@ -107,9 +107,11 @@ def run_notes(study: Study, sel: Selection) -> list[str]:
     for _, r in runs[reason.str.startswith("duplicate seed")].iterrows():
         notes.append(f"seed {r['seed']} counted once in {r['task']}: {r['run_name']} [{r['run_id'][:8]}] is left out, "
                      f"the {r['left_out'].split(': ', 1)[1]}")
-    for _, c in study.cells[study.cells["uneven"]].iterrows():
-        notes.append(f"{tables.UNEVEN} {c['task']} {c['variant']}: its runs end at different steps "
-                     f"({c['first_end']:,}–{c['last_end']:,}); their scores come from different training lengths")
+    for (_, task, _, _), fam in study.cells[study.cells["uneven"]].groupby(FAMILY, sort=False):
+        ends = "; ".join(f"{c['variant']} at {c['first_end']:,}" + (f"–{c['last_end']:,}" if c["last_end"] != c["first_end"] else "")
+                         for _, c in fam.iterrows())
+        notes.append(f"{tables.UNEVEN} {task}: runs of different lengths, scored after different training: they end "
+                     f"at {ends} updates")
     few = study.cells[study.cells["few_seeds"]]
     if len(few):
         notes.append(f"{tables.FEW} fewer than 3 seeds: " + "; ".join(f"{c['task']} {c['variant']} (n={c['n']})"

@@ -8,12 +8,13 @@ import math
 
 import pandas as pd
 
-from isep.results.analysis import COLUMN, FEW_SEEDS, Study
+from isep.results.analysis import COLUMN, FAMILY, FEW_SEEDS, Study
 from isep.results.frames import DEFAULT_METRIC, column_order
 from isep.results.reference import match_tasks
 
 FEW, UNEVEN = "†", "‡"
-LEGEND = (f"{FEW} fewer than {FEW_SEEDS} seeds; {UNEVEN} its runs end at different update counts. "
+LEGEND = (f"{FEW} fewer than {FEW_SEEDS} seeds; {UNEVEN} runs of different lengths (in the cell, or against the other "
+          "variants of its task and actor). "
           "[a, b]: 95 % stratified-bootstrap confidence interval.")
 
 
@@ -115,7 +116,7 @@ def verdict_lines(study: Study) -> list[str]:
     """Per task and actor (and settings): the best variant only where the CI of its difference to
     λ = 0 excludes 0; otherwise that the runs cannot tell them apart at this n."""
     dec, lines = decimals(study), []
-    for (metric, task, _, _), fam in study.cells.groupby(["metric", "task", "actor", "settings"], sort=False):
+    for (metric, task, _, _), fam in study.cells.groupby(FAMILY, sort=False):
         d = dec[metric]
         head = f"{task}{'' if metric == DEFAULT_METRIC else f' [{metric}]'}: "
         comps = study.comparisons[study.comparisons["variant"].isin(fam["variant"]) & (study.comparisons["task"] == task)
