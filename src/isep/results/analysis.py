@@ -40,6 +40,7 @@ class Study:
     cells: pd.DataFrame  # one row per cell
     comparisons: pd.DataFrame  # one row per cell with λ > 0 that has a baseline
     aggregates: pd.DataFrame  # one row per (metric, variant) over the metric's tasks (≥ 2 tasks)
+    rivals: pd.DataFrame  # per task and actor: its best-mean λ > 0 against each other λ > 0
 
     @property
     def counted(self) -> pd.DataFrame:
@@ -139,8 +140,22 @@ def aggregate_table(cells: pd.DataFrame, scores: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rival_table(cells: pd.DataFrame, scores: dict) -> pd.DataFrame:
+    """Per family, the λ > 0 variant with the highest mean against each other λ > 0 variant:
+    Δ mean with its CI (is the best λ told apart from the next ones?)."""
+    rows = []
+    for _, fam in cells[cells["lam"] > 0].groupby(FAMILY, sort=False):
+        best = fam.loc[fam["mean"].idxmax()]
+        for _, other in fam.drop(index=best.name).iterrows():
+            e = stats.difference(scores[CellKey(*best[CELL])], scores[CellKey(*other[CELL])])
+            rows.append({**{c: best[c] for c in CELL}, "variant": best["variant"], "other": other["variant"],
+                         **_estimate_columns("diff", e)})
+    return pd.DataFrame(rows, columns=[*CELL, "variant", "other", "diff", "diff_low", "diff_high"])
+
+
 def build_study(uri: str, rule: ScoreRule, loaded: Loaded) -> Study:
     cells = cell_table(loaded.counted)
     scores = {CellKey(*key): in_seed_order(runs)["score"].to_numpy(dtype=float)
               for key, runs in loaded.counted.groupby(CELL, sort=False)}
-    return Study(uri, rule, loaded, cells, comparison_table(cells, scores), aggregate_table(cells, scores))
+    return Study(uri, rule, loaded, cells, comparison_table(cells, scores), aggregate_table(cells, scores),
+                 rival_table(cells, scores))

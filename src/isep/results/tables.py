@@ -131,7 +131,7 @@ def verdict_lines(study: Study) -> list[str]:
             text = (f"no verdict: its runs end at different update counts ({ends[0]:,} to {ends[-1]:,}); "
                     "compare runs of one length (--filter)")
         else:
-            text = _verdict(best, comps, d)
+            text = _verdict(best, comps, d) + _rivals(study, best, d)
         few = fam[fam["few_seeds"]]
         if len(few):
             text += f" — provisional: fewer than {FEW_SEEDS} seeds in {', '.join(few['variant'])}"
@@ -158,6 +158,18 @@ def _verdict(best, comps: pd.DataFrame, d: int) -> str:
                        for _, c in tied.iterrows())
     return (f"{best['variant']} has the highest mean ({cell_text(best, d)}), but the runs cannot tell it apart from "
             f"{others}: no CI of these differences excludes 0")
+
+
+def _rivals(study: Study, best, d: int) -> str:
+    """Whether the best λ > 0 is told apart from the other λ > 0 of its task and actor."""
+    rivals = study.rivals[(study.rivals["variant"] == best["variant"]) & (study.rivals["task"] == best["task"])
+                          & (study.rivals["metric"] == best["metric"])]
+    if best["lam"] == 0 or rivals.empty:
+        return ""
+    tied = rivals[~((rivals["diff_low"] > 0) | (rivals["diff_high"] < 0))]
+    if tied.empty:
+        return "; above every other λ > 0 (each CI of the difference excludes 0)"
+    return "; not told apart from " + ", ".join(f"{r['other']} ({with_ci(r, 'diff', d, sign=True)})" for _, r in tied.iterrows())
 
 
 def reference_section(study: Study, reference: pd.DataFrame) -> list[str]:
