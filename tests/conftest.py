@@ -86,3 +86,12 @@ def empty_store(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def results_store(tmp_path_factory) -> dict:
+    """The synthetic MLflow store of `tests/results_store.py`, written once for the compare tests
+    (which only read it)."""
+    from tests.results_store import build_store
+
+    return build_store(tmp_path_factory.mktemp("mlstore"))

@@ -1,392 +1,210 @@
-"""`isep compare` against a real temporary sqlite MLflow store written with the schema the training
-runs log (experiment per task; tags task/actor/lam/policy_mix/seed; eval metrics by update step)."""
+"""`isep compare` on a synthetic MLflow store written through MLflow's public client
+(`tests/results_store.py`): the tables with bootstrap CIs, the verdicts, the probability of
+improvement, the score definitions, the runs left out or flagged, the CSVs and figures."""
 
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import bootstrap
 
-from isep import compare as compare_mod
-from isep.compare import compare_main
-
-WALKER, HOPPER, TOY = "walker2d-medium-v2", "hopper-medium-v2", "toy/sparse-optimum"
-STEPS = (100, 200, 300)
-NS = "eval/normalized_score"
-ER = "eval/expected_reward"
-# final normalized score of seeds 0 and 1 per (task, actor, λ)
-FINALS = {
-    (WALKER, "gaussian", 0.0): (70.0, 74.0),
-    (WALKER, "gaussian", 0.5): (80.0, 84.0),
-    (WALKER, "flow", 0.0): (78.0, 80.0),
-    (WALKER, "flow", 0.3): (85.0, 87.4),
-    (HOPPER, "gaussian", 0.0): (50.0, 56.0),
-    (HOPPER, "gaussian", 0.5): (60.0, 52.0),
-    (HOPPER, "flow", 0.0): (66.0, 64.0),
-    (HOPPER, "flow", 0.3): (62.0, 66.0),
-}
-LABELS = {("gaussian", 0.0): "IQL (λ=0)", ("gaussian", 0.5): "ISEP λ=0.5",
-          ("flow", 0.0): "CFGRL (λ=0)", ("flow", 0.3): "ISEP-FM λ=0.3"}
-# walker ISEP-FM λ=0.3 seed 1 peaks at step 200 (so --final best differs from last)
-PEAKED = (WALKER, "flow", 0.3, 1)
-# walker ISEP-FM λ=0.3 seed 0 logs its steps out of order: the last *step* is the final value
-SHUFFLED = (WALKER, "flow", 0.3, 0)
-FAILED_VALUES = [5.0, 8.0, 10.0]  # walker ISEP-FM λ=0.3 seed 2, status FAILED
-FAILURE = "DivergenceError: |V| = 3.1e+07 exceeds 100x the return bound at step 300 (λ=0.3)"
-TOY_FINALS = {0.0: (0.5,), 0.3: (0.8, 0.7)}  # expected reward; toy runs have no normalized score
-
-
-def history(task, actor, lam, seed):
-    final = FINALS[(task, actor, lam)][seed]
-    if (task, actor, lam, seed) == PEAKED:
-        return [40.0, 95.0, final]
-    return [final * 0.5, final * 0.8, final]
-
-
-def log_run(client, exp_id, task, actor, lam, seed, key, values, status="FINISHED", order=None, steps=STEPS):
-    from mlflow.entities import Metric, Param
-
-    tags = {"task": task, "actor": actor, "lam": str(lam), "policy_mix": "stochastic", "seed": str(seed),
-            "git_commit": "abc123"}
-    run = client.create_run(exp_id, tags=tags, run_name=f"{actor}-lam{lam}-s{seed}")
-    rid = run.info.run_id
-    idx = order or range(len(values))
-    metrics = [Metric(key, float(values[i]), 1_000 + t, steps[i]) for t, i in enumerate(idx)]
-    metrics += [Metric("train/loss_v", 0.1 * (i + 1), 1_000 + i, s) for i, s in enumerate(steps)]
-    params = [Param("model.lam", str(lam)), Param("model.actor", actor), Param("data.dataset", task)]
-    client.log_batch(rid, metrics=metrics, params=params)
-    client.set_terminated(rid, status)
-    return rid
+from isep.results.cli import compare_main
+from tests.results_store import (ER, FAILED_VALUES, FAILURE, FINALS, HOPPER, LABELS, NS, OLDER_DUPLICATE, PEAKED, TOY,
+                           TOY_FINALS, WALKER, history, parse_cell, parse_table)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return build_store(tmp_path_factory.mktemp("mlstore"))
-
-
-def build_store(root: Path) -> dict:
-    """A sqlite store: 2 D4RL tasks × {gaussian λ 0, 0.5; flow λ 0, 0.3} × 2 seeds, one FAILED run, one
-    RUNNING run, a toy bandit task logging eval/expected_reward, and an experiment with a foreign run."""
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
-    ids = {}
-    for task in (WALKER, HOPPER, TOY, "scratch"):
-        ids[task] = client.create_experiment(task, artifact_location=str(root / "artifacts" / task.replace("/", "_")))
-    for (task, actor, lam), finals in FINALS.items():
-        for seed in range(len(finals)):
-            order = [2, 0, 1] if (task, actor, lam, seed) == SHUFFLED else None
-            log_run(client, ids[task], task, actor, lam, seed, NS, history(task, actor, lam, seed), order=order)
-    failed = log_run(client, ids[WALKER], WALKER, "flow", 0.3, 2, NS, FAILED_VALUES, status="FAILED")
-    client.set_tag(failed, "failure_reason", FAILURE)
-    running = log_run(client, ids[HOPPER], HOPPER, "gaussian", 0.5, 2, NS, [30.0], status="RUNNING", steps=(100,))
-    for lam, finals in TOY_FINALS.items():
-        for seed, f in enumerate(finals):
-            log_run(client, ids[TOY], TOY, "flow", lam, seed, ER, [f / 4, f / 2, f])
-    foreign = client.create_run(ids["scratch"], run_name="notebook")
-    client.log_metric(foreign.info.run_id, NS, 1.0, step=1)
-    client.set_terminated(foreign.info.run_id, "FINISHED")
-    files = sorted(p.relative_to(root) for p in root.rglob("*"))
-    return {"uri": uri, "root": root, "failed": failed, "running": running, "snapshot": snapshot(uri), "files": files}
+def store(results_store):
+    return results_store
 
 
 @pytest.fixture(scope="module")
 def default_run(store, tmp_path_factory):
-    """`isep compare` over every experiment with the default options, in a fresh interpreter (so that
-    what it imports can be checked): (stdout, --out, heavy modules it imported)."""
+    """`isep compare` over every experiment with the default options, in a fresh interpreter (so
+    that what it imports can be checked): (stdout, --out, heavy modules it imported)."""
     out_dir = tmp_path_factory.mktemp("compare") / "out"
     code = (
         "import sys\n"
-        "from isep.compare import compare_main\n"
+        "from isep.results.cli import compare_main\n"
         f"rc = compare_main(['--tracking_uri', {store['uri']!r}, '--out', {str(out_dir)!r}])\n"
-        "heavy = [m for m in ('lightning', 'pytorch_lightning', 'isep.module', 'isep.cli') if m in sys.modules]\n"
+        "heavy = [m for m in ('lightning', 'pytorch_lightning', 'isep.module', 'isep.cli', 'torch') if m in sys.modules]\n"
         "print('HEAVY:', ','.join(heavy), file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    heavy = proc.stderr.rsplit("HEAVY:", 1)[1].strip()
-    return proc.stdout, out_dir, heavy
-
-
-def run(argv, capsys):
-    rc = compare_main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return proc.stdout, out_dir, proc.stderr.rsplit("HEAVY:", 1)[1].strip()
 
 
 def compare_ok(store, tmp_path, capsys, *extra):
     out_dir = tmp_path / "out"
-    rc, out, err = run(["--tracking_uri", store["uri"], "--out", str(out_dir), *extra], capsys)
+    rc = compare_main(["--tracking_uri", store["uri"], "--out", str(out_dir), *extra])
+    out, err = capsys.readouterr()
     assert rc == 0, err
     return out, out_dir
 
 
-def parse_table(text: str, metric: str):
-    """{task: {column label: cell}} of the Markdown table printed for `metric`."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"### {metric}"))
-    header = [c.strip() for c in lines[start + 2].strip().strip("|").split("|")]
-    assert header[0] == "Task" and set(lines[start + 3]) <= set("|-")
-    rows = {}
-    for line in lines[start + 4:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        rows[cells[0]] = dict(zip(header[1:], cells[1:]))
-    return header[1:], rows
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
-CELL = re.compile(r"^(-?\d+\.\d+) ± (\d+\.\d+) \(n=(\d+)\)$")
+def scipy_ci(values) -> tuple[float, float]:
+    """The interval the report promises: scipy's percentile bootstrap, 2000 resamples, seed 0."""
+    ci = bootstrap((np.asarray(values),), np.mean, n_resamples=2000, method="percentile",
+                   rng=np.random.default_rng(0)).confidence_interval
+    return ci.low, ci.high
 
 
-def parse_cell(cell: str):
-    m = CELL.match(cell)
-    assert m, f"cell {cell!r} is not 'mean ± std (n=k)'"
-    return float(m.group(1)), float(m.group(2)), int(m.group(3))
-
-
-def test_table_cells_are_mean_and_std_over_seeds(default_run):
+def test_cells_are_means_with_their_bootstrap_cis(default_run):
     out, _, _ = default_run
     header, rows = parse_table(out, NS)
-    assert header == ["IQL (λ=0)", "ISEP λ=0.5", "CFGRL (λ=0)", "ISEP-FM λ=0.3"]
-    assert set(rows) == {WALKER, HOPPER, "mean over tasks"}
+    assert header == ["IQL (λ=0)", "ISEP λ=0.3", "ISEP λ=0.5", "CFGRL (λ=0)", "ISEP-FM λ=0.3"]
+    assert set(rows) == {WALKER, HOPPER, "IQM over tasks", "mean over tasks"}
+    assert rows[HOPPER]["ISEP λ=0.3"] == "—" and rows["mean over tasks"]["ISEP λ=0.3"] == "—"  # walker only
     for (task, actor, lam), finals in FINALS.items():
-        mean, std, n = parse_cell(rows[task][LABELS[(actor, lam)]])
-        assert n == 2
+        mean, low, high, n, flags = parse_cell(rows[task][LABELS[(actor, lam)]])
+        assert n == 3 and flags == ""  # the older duplicate of walker IQL seed 0 is not a 4th seed
         assert mean == pytest.approx(np.mean(finals), abs=0.051)
-        assert std == pytest.approx(np.std(finals, ddof=1), abs=0.051)
+        assert (low, high) == pytest.approx(scipy_ci(finals), abs=0.051)
     for (actor, lam), label in LABELS.items():
+        if (HOPPER, actor, lam) not in FINALS:
+            continue
         expected = np.mean([np.mean(FINALS[(t, actor, lam)]) for t in (WALKER, HOPPER)])
-        assert float(rows["mean over tasks"][label]) == pytest.approx(expected, abs=0.051)
+        assert float(rows["mean over tasks"][label].split(" [")[0]) == pytest.approx(expected, abs=0.051)
+    assert "score of a run: final — each run's last evaluation (the paper's)" in out
+    assert "nan ±" not in out and "[nan" not in out and "| nan" not in out  # the NaN run is left out
 
 
-def test_best_lambda_line_names_variant_and_margins(default_run):
+def test_a_winner_only_where_the_ci_of_the_difference_excludes_zero(default_run):
     out, _, _ = default_run
-    w = {k[1:]: np.mean(v) for k, v in FINALS.items() if k[0] == WALKER}
-    w_std = np.std(FINALS[(WALKER, "flow", 0.3)], ddof=1)
-    walker = (f"{WALKER}: best ISEP-FM λ=0.3 = {w[('flow', 0.3)]:.1f} ± {w_std:.1f} (n=2), "
-              f"+{w[('flow', 0.3)] - w[('flow', 0.0)]:.1f} over CFGRL (λ=0), "
-              f"+{w[('flow', 0.3)] - w[('gaussian', 0.5)]:.1f} over ISEP λ=0.5")
-    assert walker in out.splitlines()
-    # on hopper λ = 0 wins, by less than the seed std of the runner-up
-    h = {k[1:]: np.mean(v) for k, v in FINALS.items() if k[0] == HOPPER}
-    h_std = np.std(FINALS[(HOPPER, "flow", 0.0)], ddof=1)
-    hopper = (f"{HOPPER}: best CFGRL (λ=0) = {h[('flow', 0.0)]:.1f} ± {h_std:.1f} (n=2), "
-              f"+{h[('flow', 0.0)] - h[('flow', 0.3)]:.1f} over ISEP-FM λ=0.3 (within seed std)")
-    assert hopper in out.splitlines()
+    lines = out.splitlines()
+    walker = next(line for line in lines if line.startswith(f"{WALKER}: best ISEP λ=0.5 = 82.0 ["))
+    assert "+10.0 [" in walker and "over IQL (λ=0), P(improvement) = 1.00 [1.00, 1.00] (n = 3 vs 3)" in walker
+    tie = re.search(r"; not told apart from ISEP λ=0.3 \(\+1\.0 \[(-?\d+\.\d), (-?\d+\.\d)\]\)$", walker)
+    assert tie and float(tie.group(1)) < 0 < float(tie.group(2)), walker  # the best λ beside the next one
+    assert any(line.startswith(f"{WALKER}: best ISEP-FM λ=0.3 = 86.1 [") for line in lines)
+    # hopper: λ = 0.5 has the higher mean, λ = 0.3 the lower one; neither is told apart at n = 3
+    assert any(line.startswith(f"{HOPPER}: ISEP λ=0.5 has the highest mean (55.7 [") and
+               "cannot tell it apart from IQL (λ=0) at n = 3 vs 3: the difference +2.7 [" in line for line in lines)
+    assert any(line.startswith(f"{HOPPER}: CFGRL (λ=0) has the highest mean (64.3 [") and
+               "cannot tell it apart from ISEP-FM λ=0.3 (-1.0 [" in line for line in lines)
+    assert not any(line.startswith(f"{HOPPER}: best") for line in lines)
 
 
-def test_csv_long_format(default_run):
-    _, out_dir, _ = default_run
-    with open(out_dir / "table.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert list(rows[0])[:8] == ["task", "actor", "lam", "policy_mix", "mean", "std", "n", "seeds"]
-    ns_rows = {(r["task"], r["actor"], float(r["lam"])): r for r in rows if r["metric"] == NS}
-    assert set(ns_rows) == set(FINALS)
-    for key, finals in FINALS.items():
-        r = ns_rows[key]
-        assert r["policy_mix"] == "stochastic" and r["n"] == "2" and r["seeds"] == "0;1"
-        assert float(r["mean"]) == pytest.approx(np.mean(finals))
-        assert float(r["std"]) == pytest.approx(np.std(finals, ddof=1))
-    toy = {float(r["lam"]): r for r in rows if r["task"] == TOY}
-    assert toy[0.0]["metric"] == ER and toy[0.0]["n"] == "1" and toy[0.0]["std"] == ""
-    assert float(toy[0.3]["mean"]) == pytest.approx(np.mean(TOY_FINALS[0.3]))
-    assert (out_dir / "table.md").read_text().count("| Task |") == 2
+def test_probability_of_improvement_per_task_and_over_tasks(default_run):
+    out, out_dir, _ = default_run
+    assert f"P(ISEP λ=0.5 > IQL (λ=0)) on {WALKER} = 1.00 [1.00, 1.00] (n = 3 vs 3)" in out
+    x, y = FINALS[(HOPPER, "gaussian", 0.5)], FINALS[(HOPPER, "gaussian", 0.0)]
+    by_hand = np.mean([(a > b) + 0.5 * (a == b) for a in x for b in y])  # 6 of 9 pairs
+    assert f"P(ISEP λ=0.5 > IQL (λ=0)) on {HOPPER} = {by_hand:.2f} [" in out
+    over = (1.0 + by_hand) / 2
+    assert f"P(ISEP λ=0.5 > IQL (λ=0)) over 2 tasks = {over:.2f} [" in out
+    rows = {(r["task"], r["variant"]): r for r in read_csv(out_dir / "comparisons.csv")}
+    assert float(rows[(HOPPER, "ISEP λ=0.5")]["poi"]) == pytest.approx(by_hand)
+    assert float(rows[(WALKER, "ISEP λ=0.5")]["diff"]) == pytest.approx(10.0)
 
 
-def test_pngs_are_written_and_valid(default_run):
-    from matplotlib.image import imread
+def test_runs_left_out_are_said_and_never_counted(store, default_run):
+    out, out_dir, _ = default_run
+    assert f"not counted: 1 FAILED run (flow-lam0.3-s3 [{store['failed'][:8]}]" in out and FAILURE in out
+    assert "not counted: 1 RUNNING run (gaussian-lam0.5-s3" in out
+    assert "skipped 1 run: notebook" in out and "not an isep training run" in out
+    assert f"left out 1 run without any evaluation of {NS}: flow-lam0.3-s5 [{store['no_evals'][:8]}]" in out
+    assert f"left out 1 run whose score is not a number (NaN or infinite evaluations): flow-lam0.0-s6 [{store['nan_run'][:8]}]" in out
+    assert f"seed 0 counted once in {WALKER}: gaussian-lam0.0-s0 [" in out
+    runs = {r["run_id"]: r for r in read_csv(out_dir / "runs.csv")}
+    assert store["parent"] not in runs  # the sweep's parent run is bookkeeping, not a run
+    left = {r["left_out"].split(":")[0] for r in runs.values()}
+    assert left == {"", "unfinished", "not isep", "no evaluations", "not finite", "duplicate seed"}
+    older = [r for r in runs.values() if r["left_out"].startswith("duplicate seed")]
+    assert len(older) == 1 and float(older[0]["score"]) == OLDER_DUPLICATE
 
-    _, out_dir, _ = default_run
-    for name in ("learning_curves.png", "score_vs_lambda.png"):
-        path = out_dir / name
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        img = imread(path)
-        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
-        assert img[..., :3].std() > 0.01  # something is drawn
 
-
-def test_failed_and_running_runs_listed_apart(store, default_run, tmp_path, capsys):
-    out, _, _ = default_run
-    assert "not counted: 1 FAILED run (flow-lam0.3-s2" in out
-    assert store["failed"][:8] in out and FAILURE in out
-    assert "not counted: 1 RUNNING run (gaussian-lam0.5-s2" in out
+def test_include_unfinished_counts_them_and_flags_uneven_lengths(store, tmp_path, capsys):
+    out, out_dir = compare_ok(store, tmp_path, capsys, "--include_unfinished")
     _, rows = parse_table(out, NS)
-    assert parse_cell(rows[WALKER]["ISEP-FM λ=0.3"])[2] == 2
-    assert "skipped 1 run: notebook" in out  # a run without isep tags
-
-    out, _ = compare_ok(store, tmp_path, capsys, "--include_unfinished")
-    _, rows = parse_table(out, NS)
-    finals = [*FINALS[(WALKER, "flow", 0.3)], FAILED_VALUES[-1]]
-    mean, _, n = parse_cell(rows[WALKER]["ISEP-FM λ=0.3"])
-    assert n == 3 and mean == pytest.approx(np.mean(finals), abs=0.051)
-    assert parse_cell(rows[HOPPER]["ISEP λ=0.5"])[2] == 3
+    mean, _, _, n, flags = parse_cell(rows[WALKER]["ISEP-FM λ=0.3"])
+    assert n == 4 and mean == pytest.approx(np.mean([*FINALS[(WALKER, "flow", 0.3)], FAILED_VALUES[-1]]), abs=0.051)
+    assert parse_cell(rows[HOPPER]["ISEP λ=0.5"])[3:] == (4, "‡")  # the RUNNING run stopped at step 100
+    assert parse_cell(rows[HOPPER]["IQL (λ=0)"])[3:] == (3, "‡")  # compared with runs of another length
+    assert parse_cell(rows[HOPPER]["CFGRL (λ=0)"])[4] == ""  # the flow actor's runs all end at 300
     assert "not counted" not in out and "1 FAILED, 1 RUNNING" in out
-    assert f"{HOPPER} ISEP λ=0.5: its runs end at different steps (100–300)" in out  # the RUNNING run
+    assert (f"‡ {HOPPER}: runs of different lengths, scored after different training: they end at IQL (λ=0) at 300; "
+            "ISEP λ=0.5 at 100–300 updates") in out
+    assert f"{HOPPER}: no verdict: its runs end at different update counts (100 to 300)" in out
 
 
-def test_final_best_uses_the_peak_and_last_uses_the_last_step(store, tmp_path, capsys):
-    _, out_dir = compare_ok(store, tmp_path, capsys, "--final", "best", "--experiment", WALKER)
-    with open(out_dir / "table.csv", newline="") as fh:
-        rows = {(r["actor"], float(r["lam"])): r for r in csv.DictReader(fh)}
-    assert float(rows[("flow", 0.3)]["mean"]) == pytest.approx(np.mean([FINALS[(WALKER, "flow", 0.3)][0], 95.0]))
-    assert float(rows[("gaussian", 0.0)]["mean"]) == pytest.approx(np.mean(FINALS[(WALKER, "gaussian", 0.0)]))
-    # seed 0 of that group logged step 300 first: `last` is still its step-300 value
-    run_ = compare_mod.sorted_history
-    from mlflow.entities import Metric
+def test_score_definitions(store, default_run, tmp_path, capsys):
+    walker = {k: v for k, v in FINALS.items() if k[0] == WALKER}
+    for score, of in (("last:2", lambda h: np.mean(h[-2:])), ("auc", np.mean), ("final", lambda h: h[-1])):
+        if score == "final":  # the default
+            out, out_dir = default_run[:2]
+        else:
+            out, out_dir = compare_ok(store, tmp_path, capsys, "--experiment", WALKER, "--score", score)
+        assert f"score of a run: {score} —" in out
+        cells = {(r["actor"], float(r["lam"])): r for r in read_csv(out_dir / "table.csv") if r["task"] == WALKER}
+        for (task, actor, lam), finals in walker.items():
+            expected = np.mean([of(history(task, actor, lam, s)) for s in range(len(finals))])
+            assert float(cells[(actor, lam)]["mean"]) == pytest.approx(expected), (score, actor, lam)
+    # the peaked seed (40, 95, 87.4) makes last:2 differ from final: (95 + 87.4) / 2
+    assert history(*PEAKED)[-2:] == [95.0, 87.4]
 
-    steps, values = run_([Metric("m", 3.0, 1, 300), Metric("m", 1.0, 2, 100), Metric("m", 2.0, 3, 200)])
-    assert steps == [100, 200, 300] and values == [1.0, 2.0, 3.0]
 
-
-def test_toy_task_falls_back_to_expected_reward_and_says_so(store, tmp_path, capsys):
-    out, _ = compare_ok(store, tmp_path, capsys, "--experiment", TOY)
-    assert f"metric: {ER} for {TOY} (those runs have no {NS})" in out
+def test_toy_task_falls_back_to_expected_reward_and_flags_few_seeds(store, tmp_path, capsys):
+    out, _ = compare_ok(store, tmp_path, capsys, "--experiment", HOPPER, "--experiment", TOY)
+    assert f"| {WALKER}" not in out and f"| {HOPPER}" in out and f"| {TOY}" in out
+    assert f"metric: {ER} for {TOY} (those runs have no {NS}); {NS} elsewhere" in out
     header, rows = parse_table(out, ER)
     assert header == ["CFGRL (λ=0)", "ISEP-FM λ=0.3"]
-    assert rows[TOY]["CFGRL (λ=0)"] == "0.500 (n=1)"
-    mean, std, n = parse_cell(rows[TOY]["ISEP-FM λ=0.3"])
-    assert (mean, n) == (pytest.approx(0.75), 2) and std == pytest.approx(np.std([0.8, 0.7], ddof=1), abs=5e-4)
-    assert f"{TOY} [{ER}]: best ISEP-FM λ=0.3 = 0.750 ± 0.071 (n=2), +0.250 over CFGRL (λ=0)" in out
+    assert rows[TOY]["CFGRL (λ=0)"] == "0.500 (n=1) †"
+    mean, low, high, n, flags = parse_cell(rows[TOY]["ISEP-FM λ=0.3"])
+    assert (mean, low, high, n, flags) == (pytest.approx(np.mean(TOY_FINALS[0.3])), 0.7, 0.8, 2, "†")
+    assert f"{TOY} [{ER}]: ISEP-FM λ=0.3 has the highest mean" in out and "no CI with a single run on a side" in out
+    assert "provisional: fewer than 3 seeds" in out
 
 
 def test_experiment_selection_and_filter(store, tmp_path, capsys):
-    out, out_dir = compare_ok(store, tmp_path, capsys, "--experiment", f"{WALKER},{HOPPER}",
-                              "--filter", "tags.actor = 'flow'")
+    out, _ = compare_ok(store, tmp_path, capsys, "--experiment", f"{WALKER},{HOPPER}", "--filter", "tags.actor = 'flow'")
     header, rows = parse_table(out, NS)
     assert header == ["CFGRL (λ=0)", "ISEP-FM λ=0.3"]
-    assert set(rows) == {WALKER, HOPPER, "mean over tasks"}
-    assert ER not in out and "FAILED" in out  # the failed flow run is still reported
-    out, _ = compare_ok(store, tmp_path, capsys, "--experiment", HOPPER, "--experiment", TOY)
-    assert WALKER not in out and HOPPER in out and TOY in out
+    assert set(rows) == {WALKER, HOPPER, "IQM over tasks", "mean over tasks"}
+    assert ER not in out and "FAILED" in out and "filter: tags.actor = 'flow'" in out
 
 
-def test_unknown_experiment_lists_known_ones(store, tmp_path, capsys):
-    out_dir = tmp_path / "new" / "out"
-    rc, out, err = run(["--tracking_uri", store["uri"], "--experiment", "walker2d-mediun-v2", "--out", str(out_dir)],
-                       capsys)
-    assert rc == 2 and out == ""
-    assert err.startswith("isep: error: unknown experiment 'walker2d-mediun-v2'")
-    for name in (WALKER, HOPPER, TOY):
-        assert name in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "new").exists()  # the output directory it made for the run is gone again
+def test_csvs_report_and_figures(default_run):
+    from matplotlib.image import imread
 
-
-def test_filter_matching_nothing(store, tmp_path, capsys):
-    f = "tags.actor = 'diffusion'"
-    rc, _, err = run(["--tracking_uri", store["uri"], "--experiment", WALKER, "--filter", f,
-                      "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2
-    assert err.startswith("isep: error: the filter") and f in err and WALKER in err
-    rc, _, err = run(["--tracking_uri", store["uri"], "--filter", "tags.actor = ", "--out", str(tmp_path / "o")],
-                     capsys)
-    assert rc == 2 and err.startswith("isep: error: MLflow") and "Traceback" not in err
-
-
-def test_missing_metric(store, tmp_path, capsys):
-    rc, _, err = run(["--tracking_uri", store["uri"], "--experiment", HOPPER, "--metric", "eval/return_mean",
-                      "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2
-    assert "8 FINISHED run(s) have no metric 'eval/return_mean'" in err and "has eval/normalized_score" in err
-
-
-def test_unwritable_out_fails_before_reading_the_store(store, tmp_path, capsys, monkeypatch):
-    def boom(uri):
-        raise AssertionError("the store was opened before --out was checked")
-
-    monkeypatch.setattr(compare_mod, "open_client", boom)
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    for out in (a_file / "sub", a_file):
-        rc, _, err = run(["--tracking_uri", store["uri"], "--out", str(out)], capsys)
-        assert rc == 2 and err.startswith("isep: error:") and str(out) in err, err
-        assert "Traceback" not in err
-    assert a_file.read_text() == "x"
-
-
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
-def test_read_only_out_dir(store, tmp_path, capsys):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        rc, _, err = run(["--tracking_uri", store["uri"], "--out", str(ro)], capsys)
-    finally:
-        ro.chmod(0o755)
-    assert rc == 2 and "cannot write to the output directory" in err
-
-
-def test_missing_store_is_not_created(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rc, _, err = run(["--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and "no MLflow store at" in err and str(tmp_path / "mlflow.db") in err
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
-
-
-def test_stores_mlflow_would_write_to_are_refused(store, tmp_path, capsys):
-    """Opening a sqlite file through MLflow creates missing tables and a missing default experiment:
-    compare refuses such files instead, and leaves them as they were."""
-    empty = tmp_path / "empty.db"
-    empty.touch()
-    rc, _, err = run(["--tracking_uri", f"sqlite:///{empty}", "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and "tables are missing" in err and "mlflow db upgrade" in err
-    assert empty.stat().st_size == 0
-
-    copy = tmp_path / "copy.db"
-    shutil.copyfile(store["root"] / "mlflow.db", copy)
-    con = sqlite3.connect(copy)
-    con.execute("DELETE FROM experiments WHERE experiment_id = 0")
-    con.commit()
-    con.close()
-    data = copy.read_bytes()
-    rc, _, err = run(["--tracking_uri", f"sqlite:///{copy}", "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and "no default experiment" in err
-    assert copy.read_bytes() == data
-
-    garbage = tmp_path / "garbage.db"
-    garbage.write_text("not sqlite")
-    rc, _, err = run(["--tracking_uri", f"sqlite:///{garbage}", "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and "not a readable MLflow sqlite store" in err and "Traceback" not in err
-    assert garbage.read_text() == "not sqlite"
-
-
-def snapshot(uri):
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exps = sorted((e.experiment_id, e.name, e.lifecycle_stage) for e in client.search_experiments(view_type=ViewType.ALL))
-    runs = {}
-    for r in client.search_runs([e[0] for e in exps], run_view_type=ViewType.ALL, max_results=1000):
-        hist = {k: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(r.info.run_id, k))
-                for k in r.data.metrics}
-        runs[r.info.run_id] = (r.info.status, r.info.lifecycle_stage, r.info.end_time, dict(r.data.tags),
-                               dict(r.data.params), hist)
-    return exps, runs
-
-
-def test_store_is_left_unchanged(store, tmp_path, capsys):
-    """Against the snapshot taken when the store was written: covers every compare of this module."""
-    before = store["snapshot"]
-    assert len(before[1]) == 16 + 2 + 3 + 1 and len(before[0]) == 5
-    compare_ok(store, tmp_path, capsys, "--include_unfinished", "--final", "best")
-    run(["--tracking_uri", store["uri"], "--experiment", "nope", "--out", str(tmp_path / "o")], capsys)
-    assert snapshot(store["uri"]) == before
-    assert sorted(p.relative_to(store["root"]) for p in store["root"].rglob("*")) == store["files"]
+    _, out_dir, _ = default_run
+    table = read_csv(out_dir / "table.csv")
+    assert list(table[0])[:9] == ["task", "actor", "lam", "policy_mix", "settings", "metric", "variant", "n", "seeds"]
+    ns = {(r["task"], r["actor"], float(r["lam"])): r for r in table if r["metric"] == NS}
+    assert set(ns) == set(FINALS)
+    for key, finals in FINALS.items():
+        r = ns[key]
+        assert r["n"] == "3" and r["seeds"] == "0;1;2" and r["settings"] == ""
+        assert float(r["mean"]) == pytest.approx(np.mean(finals)) and float(r["std"]) == pytest.approx(np.std(finals, ddof=1))
+    evaluations = read_csv(out_dir / "evaluations.csv")
+    runs = read_csv(out_dir / "runs.csv")
+    counted = [r for r in runs if r["left_out"] == ""]
+    assert len(counted) == len(FINALS) * 3 + 3 and all(r["evaluations"] == "3" for r in counted)
+    assert sum(e["run_id"] in {r["run_id"] for r in counted} for e in evaluations) == 3 * len(counted)
+    assert {r["model.expectile"] for r in counted} == {"0.7"}  # the runs' settings are columns
+    report = (out_dir / "report.md").read_text()
+    for name in ("score_vs_lambda.png", "learning_curves.png", "performance_profile.png", "probability_of_improvement.png"):
+        assert f"]({name})" in report
+        img = imread(out_dir / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].std() > 0.01
+    assert "## Best variant per task" in report and "## Probability of improvement over λ = 0" in report
+    assert "## Settings" in report and "model.expectile=0.7" in report
 
 
 def test_does_not_import_lightning(default_run):
-    """`import lightning` costs ≈ 4.5 s: a whole compare (MLflow, tables, figures) must not pull it in."""
+    """`import lightning` costs ≈ 4.5 s: a whole compare (MLflow, statistics, figures) must not pull it in."""
     assert default_run[2] == ""

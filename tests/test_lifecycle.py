@@ -184,7 +184,7 @@ def test_unwritable_run_folder(use_store, tmp_path, capsys):
 
 
 def test_compare_reads_back_runs_written_by_fit(tmp_path, capsys):
-    from isep.compare import compare_main
+    from isep.results.cli import compare_main
 
     for lam in ("0.0", "0.3"):
         assert main(["fit", "--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--model.lam", lam,

@@ -99,7 +99,7 @@ TOY = ["--config", str(CONFIGS / "toy" / "sparse_isep_fm.yaml"), *TINY, "--data.
 
 def test_stacked_records_read_back_like_separate_runs(tmp_path, capsys):
     """The same 4 runs, stacked and apart, into two experiments: `isep compare` gives the same table."""
-    from isep.compare import compare_main
+    from isep.results.cli import compare_main
 
     common = [*TOY, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path / "runs")]
     assert main(["fit", *common, "--stack.lam", "0,0.3", "--stack.seed", "0,1", "--mlflow.experiment", "stacked"]) == 0

@@ -245,12 +245,17 @@ def test_figure_options_pass_to_the_sweep_flags_included(workdir):
 
 
 def test_figure_runs_are_listed_in_seed_order():
-    from types import SimpleNamespace
+    import pandas as pd
 
     from isep.figures.common import run_dirs
+    from isep.results.analysis import build_study
+    from isep.results.frames import Loaded, ScoreRule
 
-    runs = [SimpleNamespace(seed=s, run_dir=f"runs/seed{s}") for s in ("10", "2", "1")]
-    assert run_dirs({"key": SimpleNamespace(runs=runs)}) == {"key": ["runs/seed1", "runs/seed2", "runs/seed10"]}
+    runs = pd.DataFrame([{"run_id": f"r{s}", "metric": "m", "task": "t", "actor": "gaussian", "settings": "",
+                          "policy_mix": "stochastic", "lam": 0.0, "seed": s, "score": float(i), "last_step": 10,
+                          "left_out": "", "run_dir": f"runs/seed{s}"} for i, s in enumerate(("10", "2", "1"))])
+    study = build_study("uri", ScoreRule("final"), Loaded(runs, pd.DataFrame(columns=["run_id", "metric", "step", "value"])))
+    assert list(run_dirs(study).values()) == [["runs/seed1", "runs/seed2", "runs/seed10"]]
 
 
 def test_asha_horizon_counts_every_evaluation():

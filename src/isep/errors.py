@@ -16,3 +16,7 @@ class DatasetError(ISEPError, ValueError):
 
 class DivergenceError(ISEPError, RuntimeError):
     """Training produced a non-finite loss or value; the message names it, the step and λ."""
+
+
+class CompareError(ISEPError, ValueError):
+    """`isep compare` cannot produce its report (bad store, filter, metric, reference, --out)."""

@@ -26,7 +26,7 @@ TRAINING = {
 }
 COMMANDS = {
     "evaluate": ("isep.checkpoint_eval:evaluate_main", "roll out a checkpoint's policy, at several guidance weights"),
-    "compare": ("isep.compare:compare_main", "the runs in MLflow as tables and figures (the paper's layout)"),
+    "compare": ("isep.results.cli:compare_main", "the runs in MLflow as tables and figures (the paper's layout)"),
     "sweep": ("isep.sweeps.runner:sweep_main", "a grid of runs (λ, seeds, tasks, ...) on Ray Tune, resumable"),
     "figure": ("isep.figures.cli:figure_main", "the paper's Figures 2, 5, 6 and 7 from their sweeps"),
     "data": ("isep.data.commands:data_main", "the 14 tasks, the local Minari store, D4RL imports"),

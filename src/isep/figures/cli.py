@@ -64,50 +64,49 @@ def sweep_flags() -> set[str]:
 
 
 def draw(name: str, experiment: str, spec: dict, uri: str, out: Path) -> tuple[Path, dict]:
-    """Draw figure `name` from the runs of `experiment`; returns the PNG and its numbers."""
-    from isep.compare import load_groups
+    """Draw figure `name` from the runs of `experiment` (read and summarised as `isep compare`
+    does); returns the PNG and its numbers."""
+    from isep.results.cli import load_study
 
     path = out / f"{name}.png"
-    groups = load_groups(experiment, uri)
+    study = load_study([experiment], uri)
     if name == "fig5":
         from isep.figures.scores import figure5
 
-        figure5(groups, path)
-        return path, {f"{k.task} {k.actor} λ={k.lam:g} {k.policy_mix}": {"mean": g.mean, "std": g.std, "n": g.n}
-                      for k, g in groups.items()}
+        return path, figure5(study, path)
     if name == "fig7":
         from isep.figures.scores import figure7
 
         try:
-            return path, figure7(groups, path)
+            return path, figure7(study, path)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     from isep.figures.common import load_policy, run_dirs
 
-    folders = run_dirs(groups)
+    folders = run_dirs(study)
     if name == "fig2":
         from isep.figures.danger_zone import draw as draw_fig2, policy_samples
 
         samples = {key.lam: policy_samples(load_policy(folders[key][0]), spec.get("samples", 2000))
-                   for key in groups}
+                   for key in folders}
         return path, {f"λ={lam:g}": shares for lam, shares in draw_fig2(samples, path).items()}
     if name == "fig6":
-        return path, _draw_fig6(groups, folders, spec, path)
+        return path, _draw_fig6(folders, spec, path)
     raise ConfigError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)}")
 
 
-def _draw_fig6(groups, folders, spec: dict, path: Path) -> dict:
+def _draw_fig6(folders: dict, spec: dict, path: Path) -> dict:
     import numpy as np
 
     from isep.data.datamodule import D4RLDataModule
     from isep.figures.common import load_policy
     from isep.figures.tsne import draw as draw_tsne, policy_actions
 
-    tasks = sorted({k.task for k in groups})
+    tasks = sorted({k.task for k in folders})
     task = spec.get("task") or tasks[0]
-    lam = float(spec.get("lam", max(k.lam for k in groups if k.task == task)))
+    lam = float(spec.get("lam", max(k.lam for k in folders if k.task == task)))
     chosen = {}
-    for key in groups:
+    for key in folders:
         if key.task == task and key.policy_mix == "stochastic" and key.lam in (0.0, lam):
             chosen[f"λ = {key.lam:g}" + (" (IQL/CFGRL)" if key.lam == 0 else " (ISEP)")] = load_policy(folders[key][0])
     if len(chosen) < 2:

@@ -20,12 +20,9 @@ def load_policy(run_dir: str | Path, device: str = "cpu"):
     return (module.agent if index is None else module.agent.select_run(index)).eval()
 
 
-def run_dirs(groups) -> dict:
-    """GroupKey → the run folders of its runs (the `run_dir` tag), seed order."""
-    from isep.compare import seed_sort_key
-
-    return {key: [r.run_dir for r in sorted(group.runs, key=lambda r: seed_sort_key(r.seed))]
-            for key, group in groups.items()}
+def run_dirs(study) -> dict:
+    """Cell key (`isep.results.analysis.CellKey`) → the run folders of its runs (the `run_dir` tag), in seed order."""
+    return {key: list(study.cell_runs(key)["run_dir"]) for key in study.keys()}
 
 
 def figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.6):

@@ -60,7 +60,7 @@ class SweepRecords:
 
     def trials(self) -> dict[str, TrialRecord]:
         """The latest run of each trial key in the experiment."""
-        from isep.compare import paged
+        from isep.results.store import paged
 
         runs = paged(lambda token: self.client.search_runs(
             [self.experiment_id], f"tags.`{TRIAL_TAG}` != ''", order_by=["attributes.start_time ASC"],

@@ -255,8 +255,8 @@ def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> l
 
 
 def summarise(name: str, uri: str, out: Path) -> str:
-    """The `isep compare` table of the sweep's experiment; writes Figure 5 (and the compare files) to `out`."""
-    from isep.compare import compare_main
+    """The `isep compare` report of the sweep's experiment; writes Figure 5 (and the report's files) to `out`."""
+    from isep.results.cli import compare_main
 
     code = compare_main(["--experiment", name, "--out", str(out), "--tracking_uri", uri])
     if code != 0:
