@@ -16,7 +16,6 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from isep.agent.config import STACK_FIELDS, stack_length
 from isep.errors import ConfigError
@@ -59,6 +58,9 @@ def _dataset_slug(data: dict) -> str:
 def _digest(config: dict) -> str:
     model, data = config.get("model") or {}, config.get("data") or {}
     settings = {k: v for k, v in flat("", {"model": model, "data": data}).items() if k not in HASH_EXCLUDE}
+    precision = str((config.get("trainer") or {}).get("precision") or "32-true")
+    if precision not in ("32", "32-true"):  # a bf16 run is another run (fp32 runs keep their old keys)
+        settings["trainer.precision"] = precision
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

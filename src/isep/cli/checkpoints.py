@@ -74,6 +74,10 @@ def check_resume(config: dict, checkpoint: dict, path: Path) -> None:
     data = checkpoint.get("datamodule_hyper_parameters")
     if data:
         problems += _differences(config.get("data") or {}, data, "data")
+    trained = ((checkpoint.get("state_dict") or {}).get("agent._extra_state") or {}).get("precision", "32-true")
+    wanted = str((config.get("trainer") or {}).get("precision") or "32-true")
+    if wanted != trained:
+        problems.append(f"trainer.precision: the checkpoint was trained in {trained!r}, this command {wanted!r}")
     if problems:
         listed = "\n  ".join(problems)
         raise ConfigError(f"--ckpt_path {path} was trained with other settings than this command's:\n  {listed}\n"

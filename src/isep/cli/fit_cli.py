@@ -28,10 +28,12 @@ from isep.cli.summary import print_eval_metrics, print_start, print_summary
 from isep.data.datamodule import D4RLDataModule
 from isep.errors import ConfigError
 from isep.module import ISEPModule
+from isep.precision import check_device, default_precision, normalize, training_device
 from isep.runs import STACK_FIELDS, expand_stack, flat, per_run_configs, run_key, stack_size
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
+    "precision": None,  # resolved before anything runs: bf16-mixed where bf16 is native, else 32-true
     # The module logs its own averages every `model.log_every` updates; Lightning must not drop
     # them, so its own cadence is every step.
     "log_every_n_steps": 1,
@@ -105,6 +107,9 @@ class ISEPCLI(LightningCLI):
         stacked = expand_stack(cfg.get("stack", {}).as_dict() if cfg.get("stack") else None, cfg.model.as_dict())
         for field, values in stacked.items():
             setattr(cfg.model, field, values)
+        device = training_device(cfg.trainer.get("accelerator"))
+        cfg.trainer.precision = normalize(cfg.trainer.get("precision") or default_precision(device))
+        check_device(cfg.trainer.precision, device)
         if self.check_only:
             return
         plain = cfg.as_dict()

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from isep.precision import Layers
 from isep.rng import MAX_DROPOUT_LAYERS, Draws, Stream
 
 ACTIVATIONS = {"relu": nn.functional.relu, "mish": nn.functional.mish, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
@@ -45,8 +46,11 @@ class StackedLinear(nn.Module):
                 self.weight[m].uniform_(-bound, bound, generator=gen)
                 self.bias[m].uniform_(-bound, bound, generator=gen)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """In float32, or with `dtype` (bf16) copies of the weights and the input (fp32 accumulation)."""
+        if dtype is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias.to(dtype), x.to(dtype), self.weight.to(dtype))
 
 
 class StackedMLP(nn.Module):
@@ -78,14 +82,18 @@ class StackedMLP(nn.Module):
         )
         self.members, self.activation, self.dropout = members, activation, dropout
 
-    def forward(self, x: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
-        """(M, B, in) → (M, B, out). With `draws` and `dropout > 0`, hidden units are dropped
-        (inverted dropout); without `draws` the network is deterministic (evaluation)."""
+    def forward(self, x: torch.Tensor, draws: Draws | None = None, layers: Layers | None = None) -> torch.Tensor:
+        """(M, B, in) → (M, B, out), float32. With `draws` and `dropout > 0`, hidden units are dropped
+        (inverted dropout); without `draws` the network is deterministic (evaluation). `layers`
+        (`isep.precision`): the dtype of the hidden layers' and of the head's matrix products."""
         act = ACTIVATIONS[self.activation]
         *hidden, head = self.layers
+        low = layers.hidden if layers is not None else None
         for i, layer in enumerate(hidden):
-            x = act(layer(x))
+            x = act(layer(x, low))
             if draws is not None and self.dropout > 0:
                 keep = draws.uniform(Stream.DROPOUT + i, tuple(x.shape[1:])) >= self.dropout
                 x = x * keep.view_as(x).to(x.dtype) / (1 - self.dropout)
-        return head(x)
+        if layers is None or not layers.low:
+            return head(x)
+        return head(x if layers.head is not None else x.float(), layers.head).float()
