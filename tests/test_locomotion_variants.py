@@ -47,7 +47,7 @@ def test_medium_expert_combines_medium_and_expert(empty_store, tmp_path):
 
     state, record = tiny_fit(CONFIGS / "halfcheetah_medexp.yaml", tmp_path / "runs", *EVAL)
     max_reward = max(float(p.rewards.max()) for p in parts)
-    assert float(state["state_dict"]["q_bound"]) == pytest.approx(max_reward * combined / (1 - GAMMA), rel=1e-5)
+    assert float(state["state_dict"]["agent.q_bound"]) == pytest.approx(max_reward * combined / (1 - GAMMA), rel=1e-5)
     assert_scored_on_d4rl_references(record, task)
 
 
@@ -85,5 +85,5 @@ def test_medium_replay_through_import_d4rl(empty_store, tmp_path, capsys):
 
     state, record = tiny_fit(CONFIGS / "hopper_medrep.yaml", tmp_path / "runs", *EVAL)
     scale = reward_scale(data, "iql_locomotion")
-    assert float(state["state_dict"]["q_bound"]) == pytest.approx(data.rewards.max() * scale / (1 - GAMMA), rel=1e-5)
+    assert float(state["state_dict"]["agent.q_bound"]) == pytest.approx(data.rewards.max() * scale / (1 - GAMMA), rel=1e-5)
     assert_scored_on_d4rl_references(record, task)
