@@ -42,11 +42,11 @@ def test_compiled_update_equals_eager(variant):
     eager, fast = ready_variant(variant), ready_variant(variant)
     start = {k: v.clone() for k, v in state_tensors(eager).items()}
     step_e, step_f = eager.step_function("eager"), fast.step_function("compile")
-    for _ in range(4):
+    for _ in range(10):  # more than Dynamo's recompile limit (8): the step must compile once
         step_e()
         step_f()
     a, b = state_tensors(eager), state_tensors(fast)
-    assert a.keys() == b.keys() and int(fast.updates) == 4
+    assert a.keys() == b.keys() and int(fast.updates) == 10
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
     # the comparison is of trained weights, not of untouched ones

@@ -89,7 +89,7 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.batch_size = 256
         self.schedule_total: int | None = None  # updates of the actor's cosine schedule (`plan`)
         self.failures: dict[int, str] = {}  # frozen runs (they diverged) → why
-        self._metric_count = 0
+        self._read_at = 0  # the update count at the last metric read (host side: never inside the step)
         self._step_fn: AcceleratedStep | None = None
 
     def _register_run_values(self, config: AgentConfig, lams: list[float]) -> None:
@@ -217,7 +217,6 @@ class ISEPAgent(LossesMixin, nn.Module):
         with torch.no_grad():
             self.metric_sum.add_(torch.stack([info[k].float() for k in self.metric_names], -1))
             self.updates.add_(1)
-        self._metric_count += 1
 
     def step_function(self, mode: Mode = "eager") -> Callable[[], None]:
         """`train_step` as `mode` runs it (`isep.fast`: eager, compile, graph); built once, captured
@@ -232,11 +231,12 @@ class ISEPAgent(LossesMixin, nn.Module):
     def read_metrics(self) -> list[dict[str, float]]:
         """Each run's metrics averaged over the updates since the last read (the one host sync of
         training); empty when no update ran since."""
-        if self._metric_count == 0:
+        done = int(self.updates)
+        if done <= self._read_at:
             return []
-        means = (self.metric_sum / self._metric_count).tolist()
+        means = (self.metric_sum / (done - self._read_at)).tolist()
         self.metric_sum.zero_()
-        self._metric_count = 0
+        self._read_at = done
         return [dict(zip(self.metric_names, row)) for row in means]
 
     def freeze(self, run: int, reason: str) -> None:
@@ -321,4 +321,6 @@ class ISEPAgent(LossesMixin, nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self.failures = {int(k): v for k, v in state.get("failures", {}).items()}
         self.schedule_total = state.get("schedule_total")
+        self._read_at = int(self.updates)  # (loaded before the extra state) metrics count from here
+        self.metric_sum.zero_()
         self.reset_step()  # a captured graph would point at the tensors the load replaces
