@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from isep.data.registry import TASKS
+
 HERE = Path(__file__).resolve().parent
 
 # task: (file stem, (λ, τ, β) of Table 3 — ISEP, (λ, τ, w) of Table 4 — ISEP-FM)
@@ -60,6 +62,9 @@ model:
   value_lr: 0.0003                 # IQL
   actor_lr: 0.0003                 # IQL / CFGRL
   log_every: 1000                  # updates between logged metric averages
+evaluation:
+  episodes: {episodes}                     # paper 5.1.2: 50 rollouts on Adroit and Kitchen, 20 on Gym-MuJoCo
+  max_episode_steps: {max_steps}{max_steps_note}
 """
 
 GAUSSIAN = """\
@@ -103,6 +108,10 @@ def render(task: str, stem: str, values: tuple[float, float, float], actor: str)
             "  flow_steps: 10                   # Euler steps; the paper does not say (FQL: 10, CFGRL: 16)"
         ),
         actor_block=(GAUSSIAN.format(dropout=0.0 if domain == "locomotion" else 0.1) if gaussian else FLOW),
+        episodes=TASKS[task].eval_episodes,
+        max_steps=TASKS[task].max_episode_steps or "null",
+        max_steps_note=(f"          # D4RL's episode length for {task}" if TASKS[task].max_episode_steps
+                        else "         # the env's own (1000 steps, as D4RL's)"),
     )
 
 

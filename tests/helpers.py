@@ -28,6 +28,20 @@ def run_isep(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
                           timeout=timeout)
 
 
+def tiny_fit(config: Path, root: Path, *extra: str) -> tuple[dict, dict]:
+    """`isep fit` (the CLI's entry point, in this process) of a config shrunk by TINY to 20 updates,
+    evaluated once at the end: its last checkpoint and its evaluation record."""
+    from isep.cli import main
+    from tests.conftest import TINY
+
+    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *TINY,
+                 "--trainer.max_steps", "20", *extra]) == 0
+    (ckpt,) = root.rglob("last.ckpt")
+    (record,) = [json.loads(line) for line in next(root.rglob("eval_returns.jsonl")).read_text().splitlines()]
+    assert record["step"] == 20
+    return torch.load(ckpt, weights_only=False), record
+
+
 def make_agent(actor: str = "gaussian", lam: float | list[float] = 0.0, **kw) -> ISEPAgent:
     """An agent with tiny networks (no Trainer, no data)."""
     kw.setdefault("critic_hidden", [16, 16])

@@ -38,8 +38,8 @@ def test_config_parses_with_the_cli(name, capsys):
     assert exit_.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     written = yaml.safe_load((CONFIGS / name).read_text())
-    for section in ("model", "data"):
-        for key, value in written[section].items():
+    for section in ("model", "data", "evaluation"):
+        for key, value in written.get(section, {}).items():
             assert resolved[section][key] == value, f"{name}: {section}.{key}"
 
 
@@ -55,3 +55,14 @@ def test_appendix_c_values(task):
 def test_walker_med_is_table_4():
     model = yaml.safe_load((CONFIGS / "walker_med.yaml").read_text())["model"]
     assert (model["actor"], model["lam"], model["expectile"], model["guidance"]) == ("flow", 0.3, 0.8, 2.0)
+
+
+def test_configs_evaluate_as_the_paper_and_d4rl():
+    """Paper 5.1.2: 20 rollouts on Gym-MuJoCo, 50 on Adroit and Kitchen; D4RL's episode lengths (pen 100
+    steps, kitchen 280, locomotion the env's own 1000)."""
+    expected = {"locomotion": (20, None), "adroit": (50, 100), "kitchen": (50, 280)}
+    for name in generate.all_configs():
+        config = yaml.safe_load((CONFIGS / name).read_text())
+        task = TASKS[config["data"]["dataset"]]
+        evaluation = (config["evaluation"]["episodes"], config["evaluation"]["max_episode_steps"])
+        assert evaluation == expected[task.domain] == (task.eval_episodes, task.max_episode_steps), name

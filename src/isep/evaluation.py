@@ -2,7 +2,8 @@
 
 Pure functions over a `policy(obs_batch) -> action_batch` callable, and `Evaluator` / `evaluate`,
 which score an `ISEPAgent` on its dataset's task; the training callback (`RolloutEvaluation`),
-`isep evaluate`, a plain training loop and the benchmarks share them. No Lightning here.
+`isep evaluate`, a plain training loop and the benchmarks share them. The evaluation envs
+themselves come from `isep.envs`. No Lightning here.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from isep.envs import make_env_fn
 from isep.errors import ConfigError
 
 Policy = Callable[[np.ndarray], np.ndarray]
-
-ROBOTICS_ENVS = ("AdroitHand", "FrankaKitchen")
-
 
 class NormalizedScore(Metric):
     """D4RL normalized score of episode returns: 100 · (mean R − ref_min) / (ref_max − ref_min)."""
@@ -45,49 +44,6 @@ class NormalizedScore(Metric):
     def compute(self) -> torch.Tensor:
         mean = self.total / self.count
         return 100.0 * (mean - self.ref_min) / (self.ref_max - self.ref_min)
-
-
-def make_env_fn(env_id: str | None, dataset_id: str | None = None, max_episode_steps: int | None = None):
-    """A factory of evaluation envs: the dataset's own evaluation env when it records one, else
-    `env_id`. Fails at once, with the fix, when the env cannot be built here."""
-    import gymnasium as gym
-
-    if env_id and env_id.startswith(ROBOTICS_ENVS):
-        try:
-            import gymnasium_robotics  # noqa: F401  (registers the envs)
-        except ImportError as err:
-            raise ConfigError(
-                f"evaluating on {env_id} needs gymnasium-robotics: `pip install -e '.[robotics]'` "
-                "(Kitchen also needs mujoco<3.12)"
-            ) from err
-        gym.register_envs(gymnasium_robotics)
-    spec = None
-    if dataset_id is not None:
-        try:
-            import minari
-
-            dataset = minari.load_dataset(dataset_id)
-            env = dataset.recover_environment(eval_env=True)
-            spec = env.spec
-            env.close()
-        except Exception:  # noqa: BLE001  (no recorded env: fall back to the registry's id)
-            spec = None
-    target = spec if spec is not None else env_id
-    if target is None:
-        raise ConfigError(
-            "no evaluation env: the dataset records none and the task registry has none for it; "
-            "set `--evaluation.env_id` (e.g. HalfCheetah-v5) or disable evaluation with `--evaluation.every 0`"
-        )
-    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-
-    def make():
-        return gym.make(target, **kwargs)
-
-    try:
-        make().close()
-    except Exception as err:  # noqa: BLE001
-        raise ConfigError(f"cannot build the evaluation env {getattr(target, 'id', target)}: {type(err).__name__}: {err}") from err
-    return make
 
 
 def check_spaces(env_fn, obs_keys: list[str] | None, obs_dim: int, act_dim: int, action_bounds=None):

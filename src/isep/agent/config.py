@@ -10,8 +10,6 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Sequence
 
-import torch
-
 from isep.errors import ConfigError
 
 Actor = Literal["gaussian", "flow"]
@@ -118,6 +116,8 @@ class AgentConfig:
         if self.actor_hidden is None:
             self.actor_hidden = (256, 256) if self.actor == "gaussian" else (512, 512, 512, 512)
         if self.seed is None:
+            import torch
+
             self.seed = torch.initial_seed()
 
     def _check(self) -> None:

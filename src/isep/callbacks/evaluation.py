@@ -33,7 +33,8 @@ class RolloutEvaluation(Evaluator, L.Callback):
         num_envs: synchronous envs stepped together (one batched `act` call per step).
         seed: seed of the first episode.
         env_id: override the evaluation env (default: the dataset's, else the registry's).
-        max_episode_steps: cap episode length (default: the env's own time limit).
+        max_episode_steps: cap episode length (default: D4RL's for the task, pen 100 and Kitchen 280
+            steps, else the env's own time limit; `isep.envs`).
         guidance: guidance weight for the flow actor (default: the trained w).
     """
 

@@ -72,7 +72,7 @@ def check_env(env_id: str, obs_dim: int, act_dim: int) -> str | None:
 
     import gymnasium as gym
 
-    from isep.evaluation import ROBOTICS_ENVS
+    from isep.envs import ROBOTICS_ENVS, make_env_fn
 
     if env_id.startswith(ROBOTICS_ENVS):
         try:
@@ -84,11 +84,12 @@ def check_env(env_id: str, obs_dim: int, act_dim: int) -> str | None:
                   "installed: the dataset records its spaces but not its env", file=sys.stderr)
             return None
     try:
-        env = gym.make(env_id)
+        gym.spec(env_id)
     except gym.error.Error as err:
         hint = suggest(env_id, list(gym.registry))
         raise DatasetError(f"unknown --env {env_id!r} ({type(err).__name__}); nothing was written.{hint} "
                            "Give a Gymnasium env id, or leave --env out to record only the spaces") from None
+    env = make_env_fn(env_id)()  # as evaluation builds it (Kitchen on current MuJoCo: isep.envs)
     try:
         dims = (gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space))
     finally:

@@ -8,6 +8,13 @@ the task name resolves to the imported local id.
 Reference scores are D4RL's (`d4rl/infos.py`, REF_MIN_SCORE / REF_MAX_SCORE), so normalized scores
 read on the same scale as the paper's tables. Minari's v5 locomotion envs are not D4RL's v2
 (mujoco-py) envs: the scale is the same, the numbers are close but not identical.
+
+Evaluation follows D4RL's protocol for each task, whatever env the data was recorded with: its
+episode length (`d4rl/hand_manipulation_suite/__init__.py`: pen 100 steps; `d4rl/kitchen/__init__.py`:
+280; locomotion keeps the env's own 1000) and, on Kitchen, its four sub-tasks, each rewarded once and
+the episode ended when all four are done (`d4rl/kitchen/kitchen_envs.py`: REMOVE_TASKS_WHEN_COMPLETE,
+TERMINATE_ON_TASK_COMPLETE), so that a return counts the completed sub-tasks, 0-4. Minari's Kitchen
+ports record their env without either (`remove_task_when_completed=False`, 450 steps on mixed/partial).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ class TaskSpec:
 
     `minari_ids` are combined in order (medium-expert = medium + expert); `import_id` is the local
     id that `isep data import-d4rl` writes for tasks Minari does not publish, and is preferred
-    whenever it exists locally.
+    whenever it exists locally. `eval_episodes`, `max_episode_steps` (None: the env's own) and
+    `eval_env_kwargs` are the evaluation protocol (paper 5.1.2; D4RL's envs). `extra`: the optional
+    dependencies of isep (pyproject.toml) that its env needs.
     """
 
     name: str
@@ -40,7 +49,9 @@ class TaskSpec:
     d4rl_file: str | None = None
     reward_transform: RewardTransform = "none"
     eval_episodes: int = 20
-    extra_requirements: tuple[str, ...] = field(default_factory=tuple)
+    max_episode_steps: int | None = None
+    eval_env_kwargs: dict = field(default_factory=dict, hash=False)
+    extra: str | None = None
 
     @property
     def published(self) -> bool:
@@ -56,6 +67,17 @@ _REF = {
     "kitchen": (0.0, 4.0),
 }
 _LOCO_ENV = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+# D4RL's evaluation episode lengths (see the module docstring).
+_MAX_STEPS = {"pen": 100, "kitchen": 280}
+# The four sub-tasks of each Kitchen dataset (d4rl/kitchen: KitchenMicrowaveKettleLightSliderV0 for
+# complete and partial, KitchenMicrowaveKettleBottomBurnerLightV0 for mixed).
+KITCHEN_SUBTASKS = {
+    "complete": ("microwave", "kettle", "light switch", "slide cabinet"),
+    "partial": ("microwave", "kettle", "light switch", "slide cabinet"),
+    "mixed": ("microwave", "kettle", "bottom burner", "light switch"),
+}
+# The modules each optional extra of pyproject.toml provides (what `isep data check` imports).
+EXTRAS = {"robotics": ("gymnasium_robotics",)}
 
 
 def _locomotion(env: str, kind: str) -> TaskSpec:
@@ -79,7 +101,7 @@ def _locomotion(env: str, kind: str) -> TaskSpec:
     )
 
 
-def _manipulation(family: str, kind: str, suffix: str, env_id: str, extra: tuple[str, ...]) -> TaskSpec:
+def _manipulation(family: str, kind: str, suffix: str, env_id: str, eval_env_kwargs: dict | None = None) -> TaskSpec:
     """Adroit pen (`-v1`) and Kitchen (`-v0`) tasks: Minari's `D4RL/...-v2` ports, raw rewards."""
     mins, maxs = _REF[family]
     return TaskSpec(
@@ -91,16 +113,20 @@ def _manipulation(family: str, kind: str, suffix: str, env_id: str, extra: tuple
         minari_ids=(f"D4RL/{family}/{kind}-v2",),
         import_id=f"d4rl/{family}/{kind}-{suffix}",
         eval_episodes=50,
-        extra_requirements=extra,
+        max_episode_steps=_MAX_STEPS[family],
+        eval_env_kwargs=eval_env_kwargs or {},
+        extra="robotics",
     )
 
 
 def _adroit(kind: str) -> TaskSpec:
-    return _manipulation("pen", kind, "v1", "AdroitHandPen-v1", ("gymnasium-robotics",))
+    return _manipulation("pen", kind, "v1", "AdroitHandPen-v1")
 
 
 def _kitchen(kind: str) -> TaskSpec:
-    return _manipulation("kitchen", kind, "v0", "FrankaKitchen-v1", ("gymnasium-robotics", "mujoco<3.12"))
+    protocol = {"tasks_to_complete": list(KITCHEN_SUBTASKS[kind]), "remove_task_when_completed": True,
+                "terminate_on_tasks_completed": True}
+    return _manipulation("kitchen", kind, "v0", "FrankaKitchen-v1", protocol)
 
 
 TASKS: dict[str, TaskSpec] = {

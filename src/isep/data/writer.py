@@ -17,13 +17,19 @@ from isep.errors import DatasetError
 
 @dataclass
 class Episode:
-    """T+1 observations, T actions, rewards, terminations and truncations (Minari's layout)."""
+    """T+1 observations (an array, or a dict of them for Dict spaces), T actions, rewards, terminations
+    and truncations (Minari's layout)."""
 
     observations: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
     terminations: np.ndarray
     truncations: np.ndarray
+
+
+def _arrays(obs):
+    """Observations as Minari's buffers take them: arrays, nested in dicts like a Dict space."""
+    return {k: _arrays(v) for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)
 
 
 def write_dataset(
@@ -53,7 +59,7 @@ def write_dataset(
     buffers = [
         EpisodeBuffer(
             id=i,
-            observations=np.asarray(ep.observations),
+            observations=_arrays(ep.observations),
             actions=np.asarray(ep.actions),
             rewards=np.asarray(ep.rewards, dtype=np.float64),
             terminations=np.asarray(ep.terminations, dtype=bool),
