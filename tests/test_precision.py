@@ -10,7 +10,7 @@ import torch
 from isep.cli import main
 from isep.precision import FP32, LOW, plan_for
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import ready_agent, run_folders, run_isep
+from tests.helpers import assert_same_state, ready_agent, run_folders, run_isep
 
 UPDATES = 5
 LR = 3e-4
@@ -71,9 +71,7 @@ def test_bf16_resume_is_bit_equal_to_an_uninterrupted_bf16_run(tmp_path):
     sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     sb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert sa["agent._extra_state"]["precision"] == "bf16-mixed"
-    for name, value in sa.items():
-        if torch.is_tensor(value):
-            torch.testing.assert_close(sb[name], value, rtol=0, atol=0, msg=name)
+    assert_same_state(sa, sb)
 
 
 def test_precision_is_part_of_the_run_and_checkpoints_cross_it_for_evaluation(tmp_path, capsys):

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from isep.callbacks.evaluation import RolloutEvaluation
 from isep.callbacks.tracking import run_routes
-from isep.cli.checkpoints import check_resume, read_checkpoint
+from isep.cli.checkpoints import check_resume, read_checkpoint, resume_precision
 from isep.cli.run_setup import RunClaim, build_routes, log_run_params, run_folder_of
 from isep.cli.summary import print_eval_metrics, print_start, print_summary
 from isep.data.datamodule import D4RLDataModule
@@ -108,14 +108,19 @@ class ISEPCLI(LightningCLI):
         for field, values in stacked.items():
             setattr(cfg.model, field, values)
         device = training_device(cfg.trainer.get("accelerator"))
-        cfg.trainer.precision = normalize(cfg.trainer.get("precision") or default_precision(device))
+        default, root, ckpt = default_precision(device), Path(cfg.trainer.get("default_root_dir") or "runs"), cfg.get("ckpt_path")
+        given = cfg.trainer.get("precision")
+        resumed = None if given is not None or self.check_only else resume_precision(cfg.as_dict(), root, ckpt, default)
+        if resumed is not None and resumed != default:
+            print(f"isep: resuming in {resumed}, the precision the run was trained in (--trainer.precision "
+                  f"{default} would start another run)", file=sys.stderr)
+        cfg.trainer.precision = normalize(given or resumed or default)
         check_device(cfg.trainer.precision, device)
         if self.check_only:
             return
         plain = cfg.as_dict()
-        root = Path(plain["trainer"].get("default_root_dir") or "runs")
         command = self._command()  # None: `build_cli(run=False)`, whose caller calls `trainer.fit` itself
-        ckpt, fit = cfg.get("ckpt_path"), command in ("fit", None)
+        fit = command in ("fit", None)
         if not fit and not ckpt:
             raise ConfigError(f"isep {command} evaluates a trained run: pass --ckpt_path FILE, or --ckpt_path last "
                               "(the newest run of these settings)")
