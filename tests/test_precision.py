@@ -79,7 +79,9 @@ def test_precision_is_part_of_the_run_and_checkpoints_cross_it_for_evaluation(tm
     for precision in ("32-true", "bf16-mixed"):
         assert main(["fit", *TOY, "--trainer.precision", precision, "--trainer.max_epochs", "1",
                      "--trainer.default_root_dir", str(root)]) == 0
-    fp32, bf16 = sorted(run_folders(root), key=lambda f: len(f.name))
+    trained = {torch.load(f / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["agent._extra_state"]
+               ["precision"]: f for f in run_folders(root)}
+    fp32, bf16 = trained["32-true"], trained["bf16-mixed"]
     assert fp32.name != bf16.name  # two runs, two folders: the key knows the precision
     # a bf16 run never resumes as an fp32 one by accident
     capsys.readouterr()
