@@ -50,7 +50,7 @@ def measure(agent, batch: dict, draws, plan: Plan) -> dict:
                                    ("actor", lambda: agent.actor_loss(batch, targets, draws), agent.actor),
                                    ("critic", lambda: agent.critic_loss(batch), agent.critic)):
         loss, _ = loss_of()
-        out[f"{name}_loss"] = float(loss.sum())
+        out[f"{name}_loss"] = float(loss.sum().detach())
         grads = torch.autograd.grad(loss.sum(), list(network.parameters()))
         out[f"{name}_grad"] = torch.cat([g.flatten() for g in grads])
     agent.precision = Plan()
@@ -58,7 +58,7 @@ def measure(agent, batch: dict, draws, plan: Plan) -> dict:
 
 
 def compare(ref: dict, got: dict) -> dict:
-    cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a, b, dim=0))  # noqa: E731
+    cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))  # noqa: E731
     row = {
         "q_hat_abs_diff": float((got["q_hat"] - ref["q_hat"]).abs().mean()),
         "v_abs_diff": float((got["v"] - ref["v"]).abs().mean()),
