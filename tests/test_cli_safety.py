@@ -259,11 +259,15 @@ def test_fit_help_is_short_and_leads_with_isep_options():
 
 
 def test_a_fit_shows_progress_in_updates_and_ends_with_a_summary(tmp_path):
-    out = run_isep(*fit_args(tmp_path / "runs", "--trainer.max_steps", "25", "--trainer.enable_progress_bar", "true"),
+    out = run_isep(*fit_args(tmp_path / "runs", "--trainer.max_steps", "25", "--data.steps_per_epoch", "25",
+                            "--trainer.enable_progress_bar", "true"),
                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     err = out.stderr.replace("\r", "\n")
     assert "fit 25/25" in err and "upd/s" in err and "v_num" not in err
+    final = [line for line in err.splitlines() if line.startswith("fit 25/25")][-1]
+    # one epoch: the bar ends with the score of the evaluation after its last update
+    assert "Q " in final and "score " in final
     assert all(len(line) <= 80 for line in err.splitlines() if line.startswith("fit "))
     assert "isep: done — " in err and "25 updates" in err and "final score" in err and "MLflow run" in err
     for noise in ("💡 Tip", "LeafSpec", "Creating initial MLflow database tables", "GPU available", "settotalmass"):

@@ -58,7 +58,8 @@ class UpdateProgress(ProgressBar):
             self._bar.set_postfix_str(self.status(trainer, pl_module))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._bar is not None:
+        if self._bar is not None:  # the last evaluation ran after this bar's epoch-end refresh
+            self._bar.set_postfix_str(self.status(trainer, pl_module), refresh=False)
             self._bar.update(trainer.global_step - self._bar.n)
             self._bar.close()
             self._bar = None
@@ -79,5 +80,6 @@ class UpdateProgress(ProgressBar):
                 parts.append(f"{short} {sum(values) / len(values):.3g}")
         score = trainer.callback_metrics.get("eval/score")
         if score is not None:
-            parts.append(f"score {float(score):.1f}")
+            value = float(score)  # a D4RL score (0-100) to one decimal; a toy bandit's E[r] (-1..1) to 3 digits
+            parts.append(f"score {value:.1f}" if abs(value) >= 10 else f"score {value:.3g}")
         return " ".join(parts)
