@@ -42,12 +42,13 @@ class VelocityField(nn.Module):
         self.net = StackedMLP(runs, act_dim + 1 + obs_dim + embed_dim, hidden, act_dim, activation, generators=generators)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, label: torch.Tensor,
-                layers: Layers | None = None) -> torch.Tensor:
+                layers: Layers | None = None, cast: list | None = None) -> torch.Tensor:
         """x (R, B, A), t (R, B), obs (R, B, S), label (R, B) long → (R, B, A); `layers`: the
-        matrix products' dtypes (`isep.precision`)."""
+        matrix products' dtypes (`isep.precision`), `cast`: the weights already in them."""
         # (not F.one_hot: it checks the labels' range on the host, a synchronisation)
         one_hot = (label.unsqueeze(-1) == torch.arange(TOKENS, device=label.device)).to(x.dtype)
-        return self.net(torch.cat([x, t.unsqueeze(-1).to(x.dtype), obs, torch.bmm(one_hot, self.embed)], -1), layers=layers)
+        return self.net(torch.cat([x, t.unsqueeze(-1).to(x.dtype), obs, torch.bmm(one_hot, self.embed)], -1), layers=layers,
+                        cast=cast)
 
 
 def guided_sample(
@@ -78,8 +79,9 @@ def guided_sample(
         1,
     )
     dt = 1.0 / steps
+    cast = field.net.cast(layers)  # the bf16 copies of the weights, once for all steps
     for k in range(steps):
         t = torch.full((r, 2 * b), k * dt, device=obs.device, dtype=obs.dtype)
-        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, labels, layers).chunk(2, dim=1)
+        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, labels, layers, cast).chunk(2, dim=1)
         x = x + dt * (v_null + guidance * (v_pos - v_null))
     return torch.clamp(x, low, high)

@@ -63,11 +63,14 @@ class StackedLinear(nn.Module):
                 self.weight[m].uniform_(-bound, bound, generator=gen)
                 self.bias[m].uniform_(-bound, bound, generator=gen)
 
-    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """In float32, or with `dtype` (bf16) copies of the weights and the input (fp32 accumulation)."""
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                cast: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """In float32, or with `dtype` (bf16) copies of the weights and the input (fp32 accumulation);
+        `cast`: those copies made once beforehand (`StackedMLP.cast`), e.g. for the sampler's steps."""
         if dtype is None:
             return torch.baddbmm(self.bias, x, self.weight)
-        return torch.baddbmm(self.bias.to(dtype), x.to(dtype), self.weight.to(dtype))
+        bias, weight = cast if cast is not None else (self.bias.to(dtype), self.weight.to(dtype))
+        return torch.baddbmm(bias, x.to(dtype), weight)
 
 
 class StackedMLP(nn.Module):
@@ -99,18 +102,29 @@ class StackedMLP(nn.Module):
         )
         self.members, self.activation, self.dropout = members, activation, dropout
 
-    def forward(self, x: torch.Tensor, draws: Draws | None = None, layers: Layers | None = None) -> torch.Tensor:
+    def cast(self, layers: Layers | None) -> list | None:
+        """Each layer's (bias, weight) in the dtype `layers` gives it (None: float32), for a caller
+        that runs the network several times on the same weights (the sampler's Euler steps)."""
+        if layers is None or not layers.low:
+            return None
+        dtypes = [layers.hidden] * (len(self.layers) - 1) + [layers.head]
+        return [None if d is None else (l.bias.to(d), l.weight.to(d)) for l, d in zip(self.layers, dtypes)]
+
+    def forward(self, x: torch.Tensor, draws: Draws | None = None, layers: Layers | None = None,
+                cast: list | None = None) -> torch.Tensor:
         """(M, B, in) → (M, B, out), float32. With `draws` and `dropout > 0`, hidden units are dropped
         (inverted dropout); without `draws` the network is deterministic (evaluation). `layers`
-        (`isep.precision`): the dtype of the hidden layers' and of the head's matrix products."""
+        (`isep.precision`): the dtype of the hidden layers' and of the head's matrix products;
+        `cast`: their weights already in those dtypes (`cast(layers)`)."""
         act = ACTIVATIONS[self.activation]
         *hidden, head = self.layers
         low = layers.hidden if layers is not None else None
+        cast = cast if cast is not None else [None] * len(self.layers)
         for i, layer in enumerate(hidden):
-            x = act(layer(x, low))
+            x = act(layer(x, low, cast[i]))
             if draws is not None and self.dropout > 0:
                 keep = draws.uniform(Stream.DROPOUT + i, tuple(x.shape[1:])) >= self.dropout
                 x = x * keep.view_as(x).to(x.dtype) / (1 - self.dropout)
         if layers is None or not layers.low:
             return head(x)
-        return head(x if layers.head is not None else x.float(), layers.head).float()
+        return head(x if layers.head is not None else x.float(), layers.head, cast[-1]).float()
