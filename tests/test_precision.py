@@ -4,6 +4,8 @@ the run key tells precisions apart, and what isep cannot run is refused before t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -104,3 +106,34 @@ def test_what_isep_cannot_run_stops_before_training(precision, message, tmp_path
                    cwd=tmp_path)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_fidelity_check_pairs_precisions_and_says_whether_they_agree():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("fidelity", Path(__file__).parents[1] / "benchmarks" / "precision_fidelity.py")
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    base = {"task": "t", "actor": "gaussian", "policy_mix": "stochastic", "left_out": ""}
+    runs = pd.DataFrame([{**base, "lam": lam, "trainer.precision": p, "score": s}
+                         for lam, p, scores in ((0.0, "32-true", (50, 51, 52)), (0.0, "bf16-mixed", (50.5, 51.5, 49.5)),
+                                                (0.3, "32-true", (50, 51, 52)), (0.3, "bf16-mixed", (40, 41, 42)),
+                                                (0.5, "32-true", (50, 51, 52)))
+                         for s in scores])
+    rows = {r["lam"]: r for r in fidelity.fidelity_rows(runs)}
+    assert set(rows) == {0.0, 0.3}  # λ 0.5 has no bf16 runs
+    assert rows[0.0]["agree"] and rows[0.0]["delta"].value == pytest.approx(-0.5)
+    assert not rows[0.3]["agree"] and rows[0.3]["poi"].value == 0.0
+    assert "| t | gaussian | 0.3 |" in fidelity.markdown(list(rows.values()))
+
+
+def test_compare_tells_precisions_apart_and_old_fp32_runs_from_new_ones_not():
+    from isep.results.frames import _precision_settings
+
+    old = _precision_settings({}, {"trainer.precision": "None"})  # logged by code from before precisions
+    new = _precision_settings({}, {"trainer.precision": "32-true", "model.bf16_parts": "sampler", "model.tf32": "False"})
+    bf16 = _precision_settings({}, {"trainer.precision": "bf16-mixed", "model.bf16_parts": "sampler"})
+    assert old == new == {"trainer.precision": "32-true", "model.tf32": "False", "model.bf16_parts": "safe"}
+    assert bf16["trainer.precision"] == "bf16-mixed" and bf16["model.bf16_parts"] == "sampler"
