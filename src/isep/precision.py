@@ -112,13 +112,15 @@ def native_bf16(device: torch.device) -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-# Where bf16 is native, `--trainer.precision` defaults to this (the fidelity check of README
-# "Precision": fp32 against bf16-mixed, 3 seeds × 4 variants on local/halfcheetah/medium-v0).
-NATIVE_DEFAULT = "bf16-mixed"
+# Where bf16 is native, `--trainer.precision` defaults to this: the fastest setting that passed the
+# fidelity check of README "Precision" (fp32 against bf16-mixed, 3 seeds × 4 variants on
+# local/halfcheetah/medium-v0, `benchmarks/precision_fidelity.py`). bf16-mixed has not passed it
+# yet (ISEP-FM at λ 0.3 unmeasured), so the default stays fp32 and bf16 is a choice.
+NATIVE_DEFAULT = "32-true"
 
 
 def default_precision(device: torch.device) -> str:
-    """`--trainer.precision` when none is given: bf16-mixed where bf16 is native, else 32-true."""
+    """`--trainer.precision` when none is given: NATIVE_DEFAULT where bf16 is native, else 32-true."""
     return NATIVE_DEFAULT if native_bf16(device) else "32-true"
 
 
