@@ -97,6 +97,17 @@ def perturb_targets(agent: ISEPAgent, seed: int = 2) -> None:
             p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints' state dicts are equal bit for bit (tensors), and equal (the rest: the
+    agent's extra state)."""
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(b[name], value, rtol=0, atol=0, msg=name)
+        else:
+            assert b[name] == value, name
+
+
 def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 

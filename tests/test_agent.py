@@ -47,7 +47,7 @@ def test_the_readme_loop_ends_where_isep_fit_ends(use_store, tmp_path):
                  "--seed_everything", "0", "--trainer.max_steps", "30", "--data.steps_per_epoch", "10",
                  "--model.critic_hidden", "[32, 32]", "--model.actor_hidden", "[32, 32]", "--model.fast", "false",
                  "--evaluation.every", "0", "--mlflow.enabled", "false", "--trainer.enable_progress_bar", "false",
-                 "--trainer.default_root_dir", str(root)]) == 0
+                 "--trainer.precision", "32-true", "--trainer.default_root_dir", str(root)]) == 0
     (run,) = run_folders(root)
     fitted = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     mine = {k: v for k, v in agent.state_dict().items() if k != "_extra_state"}

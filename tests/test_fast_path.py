@@ -203,3 +203,20 @@ def test_mix32_is_lowbias32():
 
     values = [0, 1, 2, 12345, 0xDEADBEEF, 0xFFFFFFFF, 0x80000000, 0x7FFFFFFF]
     assert mix32(torch.tensor(values, dtype=torch.int64)).tolist() == [lowbias32(v) for v in values]
+
+
+def test_compiled_mish_is_mish():
+    """The compiled step's one-exp Mish (`isep.models.mlp.mish`) is F.mish, values and gradients,
+    over the whole range (the clamp at e^20 included), in float32 and in bf16."""
+    from isep.models.mlp import mish
+
+    x = torch.cat([torch.linspace(-60.0, 60.0, 4001), torch.randn(4000)]).requires_grad_()
+    compiled = torch.compile(mish, fullgraph=True)
+    y = compiled(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    ref = torch.nn.functional.mish(x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    low = x.detach().bfloat16()
+    torch.testing.assert_close(compiled(low), torch.nn.functional.mish(low), rtol=1.6e-2, atol=1e-2)

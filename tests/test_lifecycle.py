@@ -15,7 +15,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import ISEP, PoisonAt, StopAfter, callback_arg, run_folders
+from tests.helpers import ISEP, PoisonAt, StopAfter, assert_same_state, callback_arg, run_folders
 
 SMALL = [
     *TINY,
@@ -77,9 +77,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(config, fast, use_st
     assert main([*base, "--trainer.default_root_dir", resumed_root, "--ckpt_path", "last"]) == 0
     (straight,) = run_folders(tmp_path / "straight")
     a, b = params(straight / "checkpoints" / "last.ckpt"), params(run / "checkpoints" / "last.ckpt")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert_same_state(a, b)
     ca = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
     cb = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ca["global_step"] == cb["global_step"] == 40

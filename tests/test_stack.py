@@ -11,7 +11,15 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import DivergenceListener, PoisonAt, StopAfter, callback_arg, ready_agent, run_folders
+from tests.helpers import (
+    DivergenceListener,
+    PoisonAt,
+    StopAfter,
+    assert_same_state,
+    callback_arg,
+    ready_agent,
+    run_folders,
+)
 
 STACKS = {
     "gaussian": dict(actor="gaussian", lam=[0.0, 0.3, 0.5], seed=[3, 4, 5], beta=[1.0, 2.0, 3.0], actor_dropout=0.1,
@@ -142,8 +150,7 @@ def test_stacked_resume_equals_an_uninterrupted_stack(tmp_path):
     ca = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)
     cb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)
     assert ca["global_step"] == cb["global_step"] == 40
-    for name in ca["state_dict"]:
-        torch.testing.assert_close(ca["state_dict"][name], cb["state_dict"][name], rtol=0, atol=0, msg=name)
+    assert_same_state(ca["state_dict"], cb["state_dict"])
     # each run's evaluation record: the same returns, written to its own folder
     for run in range(4):
         (fa,), (fb,) = a.glob(f"run{run}-*"), b.glob(f"run{run}-*")

@@ -145,6 +145,8 @@ def format_table(records: list[dict]) -> str:
 
 
 def evaluate_main(argv: Sequence[str]) -> int:
+    import torch
+
     parser = argparse.ArgumentParser(prog="isep evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint (.ckpt) or a run folder (uses checkpoints/last.ckpt)")
@@ -156,6 +158,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--env_id", help="evaluate in this env instead of the dataset's")
     parser.add_argument("--max_episode_steps", type=int)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"),
+                        help="the policy's precision (default: the one the checkpoint was trained in)")
     parser.add_argument("--mlflow.tracking_uri", dest="tracking_uri", help="the run's MLflow store (default as `isep fit`)")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not write to the run's MLflow record")
     args = parser.parse_args(argv)
@@ -165,6 +169,11 @@ def evaluate_main(argv: Sequence[str]) -> int:
     if any(w is not None and w < 0 for w in weights):
         raise ConfigError(f"guidance weights must be ≥ 0, got {args.guidance}")
     agent, config, step = load_run(ckpt, run_dir, args.device, run)
+    if args.precision:
+        from isep.precision import check_device
+
+        check_device(args.precision, torch.device(args.device))
+        agent.set_precision(args.precision)
     if agent.actor_kind != "flow" and args.guidance:
         raise ConfigError("--guidance applies to the flow actor (ISEP-FM); this checkpoint has a Gaussian actor "
                           "(evaluate it without --guidance)")
@@ -173,7 +182,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     with open(run_dir / "guidance_eval.jsonl", "a") as f:
         for r in records:
             f.write(json.dumps({"checkpoint": str(ckpt), "step": step, **r}) + "\n")
-    print(f"{ckpt}{'' if run is None else f' run {run}'} (step {step})")
+    print(f"{ckpt}{'' if run is None else f' run {run}'} (step {step}, precision {agent.precision.name})")
     print(format_table(records))
     if args.mlflow:
         run_id = log_to_mlflow(run_dir, records, step, args.tracking_uri)

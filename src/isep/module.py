@@ -25,6 +25,7 @@ from isep.agent.config import PolicyMix
 from isep.checkpoint_compat import upgrade_checkpoint
 from isep.errors import ConfigError
 from isep.fast import choose_mode
+from isep.precision import check_device, no_autocast, normalize
 from isep.params import (
     ClosedUnitInterval,
     HalfOpenUnitInterval,
@@ -52,6 +53,8 @@ class ISEPModule(L.LightningModule):
             compile on the CPU whatever the length; false = always eager.
         updates_per_call: updates per Lightning training step; unset = 10 when the update is a CUDA
             graph (a replay is faster than Lightning's per-step bookkeeping), else 1.
+        tf32: on a GPU, let float32 matrix products use TF32 tensor cores
+            (`torch.set_float32_matmul_precision("high")`); the 32-true parts only.
     """
 
     def __init__(
@@ -85,6 +88,8 @@ class ISEPModule(L.LightningModule):
         divergence_factor: PositiveFloat = 100.0,
         fast: bool | None = None,
         updates_per_call: PositiveInt | None = None,
+        bf16_parts: Literal["safe", "sampler", "all"] = "safe",
+        tf32: bool = False,
     ) -> None:
         super().__init__()
         if log_every < 1 or (updates_per_call is not None and updates_per_call < 1):
@@ -93,7 +98,9 @@ class ISEPModule(L.LightningModule):
         # Lightning's own copy of the stacked hparams would be a second, differently shaped one.
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
-        self.agent = ISEPAgent(obs_dim, act_dim, AgentConfig(**{f: self.hparams[f] for f in AgentConfig.fields()}))
+        # (the precision is the Trainer's, `--trainer.precision`: set at `setup`)
+        settings = {f: self.hparams[f] for f in AgentConfig.fields() if f in self.hparams}
+        self.agent = ISEPAgent(obs_dim, act_dim, AgentConfig(**settings))
         self.log_every, self.divergence_factor = log_every, divergence_factor
         self.planned_updates: int | None = None  # updates of this fit (from the Trainer)
         self.last_metrics: list[dict[str, float]] = []  # each run's latest averaged training metrics
@@ -108,7 +115,14 @@ class ISEPModule(L.LightningModule):
     # -- set-up ---------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Attach the DataModule's resident dataset and statistics (Lightning set it up just before)."""
+        """The Trainer's precision, and the DataModule's resident dataset and statistics (Lightning
+        set it up just before)."""
+        if self._trainer is not None:
+            precision = normalize(self.trainer.precision)
+            check_device(precision, self.trainer.strategy.root_device)
+            self.agent.set_precision(precision, self.hparams.bf16_parts)
+            if self.hparams.tf32 and self.trainer.strategy.root_device.type == "cuda":
+                torch.set_float32_matmul_precision("high")
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "buffer", None) is not None:
             self.agent.set_data_stats(**dm.data_stats())
@@ -168,7 +182,8 @@ class ISEPModule(L.LightningModule):
         if self.trainer.max_steps is not None and self.trainer.max_steps > 0:
             todo = min(todo, self.trainer.max_steps - self.global_step)
         for _ in range(todo):
-            self.step_function()()  # the step is rebuilt when a hook or a frozen run changed it
+            with no_autocast(self.device):  # the agent casts per part itself (`isep.precision`)
+                self.step_function()()  # the step is rebuilt when a hook or a frozen run changed it
             # Lightning counts optimizer.step() calls as global steps (lightning#17958); the update
             # steps its own optimizers, and this advances Lightning's count once per update, so
             # that `max_steps`, `global_step` and checkpoints count gradient updates.
@@ -202,7 +217,8 @@ class ISEPModule(L.LightningModule):
     # -- validation / test: the same losses on fixed batches, nothing updated ---------------------
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._val_infos.append(self.agent.evaluation_info(batch))
+        with no_autocast(self.device):
+            self._val_infos.append(self.agent.evaluation_info(batch))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

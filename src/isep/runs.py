@@ -16,7 +16,6 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from isep.agent.config import STACK_FIELDS, stack_length
 from isep.errors import ConfigError
@@ -25,6 +24,10 @@ STACK_FILE = "stack.json"  # in a stacked run's folder: where its checkpoint is,
 RUN_ID_FILE = "mlflow_run_id"  # in a run's folder: its MLflow run, which a resumed fit continues
 # Performance switches and bookkeeping: they do not change what a run computes.
 HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
+# Settings added after runs existed: at these values (a checkpoint without them had them) a run
+# keeps the key it had, and a resume of an older checkpoint sees no difference.
+ADDED = {"model.tf32": False, "model.bf16_parts": "safe"}
+_UNSET = object()
 STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_mix": str, "seed": int}
 
 
@@ -58,7 +61,13 @@ def _dataset_slug(data: dict) -> str:
 
 def _digest(config: dict) -> str:
     model, data = config.get("model") or {}, config.get("data") or {}
-    settings = {k: v for k, v in flat("", {"model": model, "data": data}).items() if k not in HASH_EXCLUDE}
+    settings = {k: v for k, v in flat("", {"model": model, "data": data}).items()
+                if k not in HASH_EXCLUDE and ADDED.get(k, _UNSET) != v}
+    precision = str((config.get("trainer") or {}).get("precision") or "32-true")
+    if precision not in ("32", "32-true"):  # a bf16 run is another run
+        settings["trainer.precision"] = precision
+    else:  # which parts multiply in bf16 means nothing in fp32: fp32 runs keep the keys they had
+        settings.pop("model.bf16_parts", None)
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -36,6 +36,7 @@ from isep.agent.losses import LossesMixin
 from isep.fast import AcceleratedStep, Mode
 from isep.models import GaussianActor, TwinQ, ValueFunction, VelocityField, guided_sample
 from isep.optim import AdamMoments, StackedAdam
+from isep.precision import plan_for
 from isep.rng import Draws, run_keys
 
 Info = dict[str, torch.Tensor]
@@ -84,6 +85,7 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.metric_names = self._metric_names()
         self.register_buffer("metric_sum", torch.zeros(self.runs, len(self.metric_names)), persistent=False)
 
+        self.precision = plan_for(config.precision, config.bf16_parts)  # which parts multiply in bf16
         self.update_hooks: dict[str, UpdateHook] = {"target_ema": TargetEMAUpdate(config.target_update_rate)}
         self.buffer = None  # a TransitionBuffer on this device (`attach_data`)
         self.batch_size = 256
@@ -153,6 +155,13 @@ class ISEPAgent(LossesMixin, nn.Module):
         """The training length: the actor's cosine schedule (IQL) decays over it; None = no schedule."""
         cosine = self.config.actor_lr_schedule == "cosine"
         self.schedule_total = int(total_updates) if cosine and total_updates else None
+        self.reset_step()
+
+    def set_precision(self, precision: str = "32-true", parts: str | None = None) -> None:
+        """Run the update, validation and the policy in `precision` (`32-true`, `bf16-mixed`) with
+        the bf16 rule `parts` (`isep.precision`; default: the config's). Weights, moments, targets
+        and losses stay float32, so a run can change precision between two updates."""
+        self.precision = plan_for(precision, parts or self.config.bf16_parts)
         self.reset_step()
 
     def set_update_hook(self, name: str, hook: UpdateHook | None) -> None:
@@ -251,10 +260,10 @@ class ISEPAgent(LossesMixin, nn.Module):
         """a_π ~ π(·|s) from the current actor (normalized states in, clipped actions out, detached)."""
         with torch.no_grad():
             if self.actor_kind == "gaussian":
-                a = self.actor.sample(obs, noise)
+                a = self.actor.sample(obs, noise, self.precision.sampler)
                 return torch.maximum(torch.minimum(a, self.action_high), self.action_low)
             return guided_sample(self.actor, obs, self.config.flow_steps, self.guidance, noise, self.action_low,
-                                 self.action_high)
+                                 self.action_high, self.precision.sampler)
 
     @torch.no_grad()
     def act(
@@ -281,10 +290,10 @@ class ISEPAgent(LossesMixin, nn.Module):
         if generators is not None and (stochastic or self.actor_kind == "flow"):
             noise = torch.stack([torch.randn(obs.shape[1], self.act_dim, device=self.device, generator=g) for g in generators])
         if self.actor_kind == "gaussian":
-            a = self.actor.sample(obs, noise) if stochastic else self.actor.mode(obs)
+            a = self.actor.sample(obs, noise, self.precision.sampler) if stochastic else self.actor.mode(obs, self.precision.actor)
         else:
             w = self.guidance if guidance is None else guidance
-            a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise)
+            a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise, layers=self.precision.sampler)
         a = torch.maximum(torch.minimum(a, self.action_high), self.action_low)
         return a.reshape(*lead, a.shape[-1]) if self.runs == 1 else a
 
@@ -316,11 +325,13 @@ class ISEPAgent(LossesMixin, nn.Module):
         return single.to(self.device)
 
     def get_extra_state(self) -> dict:
-        return {"failures": dict(self.failures), "schedule_total": self.schedule_total}
+        return {"failures": dict(self.failures), "schedule_total": self.schedule_total,
+                "precision": self.precision.name, "bf16_parts": self.precision.parts}
 
     def set_extra_state(self, state: dict) -> None:
         self.failures = {int(k): v for k, v in state.get("failures", {}).items()}
         self.schedule_total = state.get("schedule_total")
+        self.precision = plan_for(state.get("precision", "32-true"), state.get("bf16_parts", "safe"))
         self._read_at = int(self.updates)  # (loaded before the extra state) metrics count from here
         self.metric_sum.zero_()
         self.reset_step()  # a captured graph would point at the tensors the load replaces

@@ -78,6 +78,9 @@ class AgentConfig:
         actor_lr: Adam learning rate of the actor (IQL, CFGRL: 3e-4).
         actor_lr_schedule: `cosine` decay of the actor's rate over training (IQL) or `constant` (CFGRL).
         max_weight: cap of the AWR weights (IQL: 100).
+        precision: `32-true` or `bf16-mixed` (`isep fit` takes it from `--trainer.precision`).
+        bf16_parts: under bf16-mixed, which parts multiply in bf16 (`isep.precision`): `safe` (all but
+            the heads of the critics and V), `sampler` (only the a_π sampler) or `all`.
     """
 
     actor: Actor = "flow"
@@ -103,6 +106,8 @@ class AgentConfig:
     actor_lr: float = 3e-4
     actor_lr_schedule: Literal["cosine", "constant"] = "cosine"  # IQL: cosine decay of the actor
     max_weight: float = 100.0  # IQL's cap of the AWR weights
+    precision: str = "32-true"
+    bf16_parts: Literal["safe", "sampler", "all"] = "safe"
     runs: int = field(init=False)
 
     def __post_init__(self) -> None:

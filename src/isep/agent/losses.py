@@ -28,17 +28,17 @@ class LossesMixin:
         """Q̂(s, a), a_π and Q̂(s, a_π) (optionally clipped), all detached; a_π only when some λ > 0."""
         obs = batch["observations"]
         with torch.no_grad():
-            q_data = self.target_critic.min(obs, batch["actions"])
+            q_data = self.target_critic.min(obs, batch["actions"], self.precision.target)
             if not self.draws_policy:
                 return ValueTargets(q_data, None, None)
             a_pi = self.policy_actions(obs, draws.normal(Stream.POLICY_NOISE, batch["actions"].shape[1:]))
-            q_pi = self.clip_q(self.target_critic.min(obs, a_pi))
+            q_pi = self.clip_q(self.target_critic.min(obs, a_pi, self.precision.target))
         return ValueTargets(q_data, a_pi, q_pi)
 
     def value_loss(self, batch: dict, targets: ValueTargets, draws: Draws) -> tuple[torch.Tensor, Info]:
         """Eq. 2: (1 − λ)·L₂^τ(Q̂(s,a) − V(s)) + λ·ℓ(Q̂(s,a_π) − V(s)) (`AgentConfig` says what each ℓ
         converges to); IQL's expectile regression at λ = 0."""
-        v = self.value(batch["observations"])
+        v = self.value(batch["observations"], self.precision.value)
         q_data, _, q_pi = targets
         gate = None
         if q_pi is not None and self.config.value_mix == "bernoulli":
@@ -61,11 +61,11 @@ class LossesMixin:
         and V before its step."""
         fit = actor_targets(self, batch["observations"], batch["actions"], targets, draws)
         with torch.no_grad():
-            adv = fit.q - self.value(fit.obs)
+            adv = fit.q - self.value(fit.obs, self.precision.value)
         info: Info = {"adv/mean": adv.mean(-1), "adv/std": adv.std(-1), "adv/positive_frac": (adv > 0).float().mean(-1)}
         if self.actor_kind == "gaussian":
             w = losses.awr_weight(adv, self.beta, self.config.max_weight)
-            per_sample = losses.awr_loss(self.actor.log_prob(fit.obs, fit.actions, draws), w)
+            per_sample = losses.awr_loss(self.actor.log_prob(fit.obs, fit.actions, draws, self.precision.actor), w)
             info["actor/weight_mean"] = w.mean(-1)
             info["actor/log_std_mean"] = self.actor.log_std.detach().mean((-2, -1))
         else:
@@ -84,14 +84,14 @@ class LossesMixin:
         t = draws.uniform(Stream.FLOW_TIME, shape[:1])
         drop = draws.bernoulli(Stream.LABEL_DROP, shape[:1], self.config.label_dropout)
         labels = losses.optimality_labels(adv, drop)
-        velocity = self.actor(losses.flow_interpolant(x0, fit.actions, t), t, fit.obs, labels)
+        velocity = self.actor(losses.flow_interpolant(x0, fit.actions, t), t, fit.obs, labels, self.precision.actor)
         return losses.flow_matching_loss(velocity, x0, fit.actions)
 
     def critic_loss(self, batch: dict) -> tuple[torch.Tensor, Info]:
         """Eq. 3: Bellman regression of both twins on the online V(s')."""
         with torch.no_grad():
-            next_v = self.value(batch["next_observations"])
-        q = self.critic(batch["observations"], batch["actions"])  # (R, 2, B)
+            next_v = self.value(batch["next_observations"], self.precision.value)
+        q = self.critic(batch["observations"], batch["actions"], self.precision.critic)  # (R, 2, B)
         loss = losses.critic_loss(q, batch["rewards"], batch["dones"], next_v, self.gamma).mean(-1)
         q = q.detach()
         return loss, {"critic/loss": loss.detach(), "q/mean": q.mean((1, 2)), "q/max": q.amax((1, 2)), "q/min": q.amin((1, 2))}

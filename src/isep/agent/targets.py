@@ -54,7 +54,7 @@ def actor_targets(agent, obs: torch.Tensor, act: torch.Tensor, value: ValueTarge
         picked["stochastic"] = (losses.select_actions(act, a_pi, gate), torch.where(gate, q_pi, q_data))
     if "deterministic" in agent.mixes:
         a_bar = losses.interpolate_actions(act, a_pi, lam.unsqueeze(-1))
-        picked["deterministic"] = (a_bar, agent.clip_q(agent.target_critic.min(obs, a_bar)))
+        picked["deterministic"] = (a_bar, agent.clip_q(agent.target_critic.min(obs, a_bar, agent.precision.target)))
     if len(picked) == 1:
         targets, q_targets = next(iter(picked.values()))
     else:

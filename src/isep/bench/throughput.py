@@ -32,6 +32,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from isep.bench.report import markdown
+
 OBS_DIM, ACT_DIM, BATCH = 17, 6, 256  # walker2d
 PAPER = {  # walker2d-medium-v2, Appendix C Tables 3 and 4
     "gaussian": {"lam": 0.3, "expectile": 0.8, "beta": 5.0},
@@ -246,64 +248,17 @@ def kernels_per_update(actor: str, lam: float, device: str, total: int) -> dict:
     return out
 
 
-def bench_evaluation(actor: str, device: str, episodes: int = 10, steps: int = 200) -> float:
-    """Environment steps/s of training's evaluation (`Evaluator`) with a paper-sized (untrained) policy."""
+def bench_evaluation(actor: str, device: str, precision: str = "32-true", episodes: int = 10, steps: int = 200) -> float:
+    """Environment steps/s of training's evaluation (`Evaluator`) with a paper-sized (untrained)
+    policy in `precision` (bf16-mixed: the flow sampler in bf16)."""
     from isep.evaluation import Evaluator
 
     agent = build_agent(actor, 0.0).to(device)
+    agent.set_precision(precision)
     evaluation = Evaluator(episodes=episodes, num_envs=10, max_episode_steps=steps)
     evaluation.prepare("HalfCheetah-v5", None, None, OBS_DIM, ACT_DIM)
     (metrics, _), = evaluation.rollouts(agent, None)
     return metrics["eval/env_steps_per_s"]
-
-
-def bench_stack(actor: str, runs: int, fast: bool, device: str, windows: int, quick: bool) -> dict:
-    """Aggregate updates/s (runs × updates/s) of `runs` runs stacked in one model, at the paper's λ."""
-    updates, warmup = plan(device, actor, PAPER[actor]["lam"], quick)
-    updates, warmup = max(2, updates // runs), max(2, warmup // max(1, runs // 4))
-    result = bench_plain(actor, PAPER[actor]["lam"], fast, device, updates, warmup, windows, runs=runs)
-    rate = statistics.median(result["rates"])
-    return {"device": device, "actor": actor, "lam": PAPER[actor]["lam"], "runs": runs, "mode": result["mode"],
-            "updates_per_s": round(rate, 2), "aggregate_updates_per_s": round(rate * runs, 1),
-            "setup_s": round(result["setup_s"], 1)}
-
-
-def process_worker(actor: str, lam: float, seconds: float, total: int) -> None:
-    """One run's eager update (of a run of `total`) on one thread in a loop for `seconds` after its
-    warm-up; prints its updates/s."""
-    torch.set_num_threads(1)
-    step, _ = step_of(make_agent(actor, lam, "cpu", total), False, "cpu", total)
-    for _ in range(3):
-        step()
-    start, done = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        step()
-        done += 1
-    print(json.dumps({"updates_per_s": done / (time.perf_counter() - start)}), flush=True)
-
-
-def bench_processes(actor: str, n: int, seconds: float) -> dict:
-    """N separate one-thread processes of one run each, side by side on the CPU, against N runs
-    stacked in one process (all threads, eager both): aggregate updates/s of each."""
-    import subprocess
-    import sys
-
-    lam = PAPER[actor]["lam"]
-    total = 1_000_000  # a schedule as long as a real run: on, like the stacked runs'; its length does not matter
-    code = (f"from isep.bench.throughput import process_worker; "
-            f"process_worker({actor!r}, {lam}, {seconds}, {total})")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["updates_per_s"] for p in procs]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        stacked = bench_stack(actor, n, False, "cpu", 3, quick=True)
-    finally:
-        torch.set_num_threads(threads)
-    separate = sum(rates)
-    return {"device": "cpu", "actor": actor, "lam": lam, "runs": n, "processes_aggregate_updates_per_s": round(separate, 1),
-            "stacked_aggregate_updates_per_s": stacked["aggregate_updates_per_s"], "stacked_threads": os.cpu_count(),
-            "speedup": round(stacked["aggregate_updates_per_s"] / separate, 2)}
 
 
 def plan(device: str, actor: str, lam: float, quick: bool) -> tuple[int, int]:
@@ -320,11 +275,23 @@ def median(result: dict) -> float:
 
 def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool, kernels: bool,
         evaluation: bool, stacks: Sequence[int] = (), processes: int = 0, updates: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+        precisions: bool = True, log: Callable[[str], None] = print) -> dict:
     """Every measurement for `devices` × `actors`: the update (`updates`), stacked runs (`stacks`),
-    N processes against N stacked runs (`processes`, CPU), evaluation speed (`evaluation`)."""
-    rows, evals, stacked, versus = [], [], [], []
+    N processes against N stacked runs (`processes`, CPU), evaluation speed (`evaluation`), and
+    each precision against the measured matmul peaks (`precisions`, `isep.bench.roofline`)."""
+    from isep.bench import roofline
+    from isep.bench.stacks import bench_processes, bench_stack
+
+    rows, evals, stacked, versus, precision_rows, peaks = [], [], [], [], [], {}
     for device in devices:
+        if precisions:
+            peaks[device] = roofline.peaks_of(device)
+            log(json.dumps({"device": device, "matmul_peak_gflops": peaks[device]}))
+            for actor in actors:
+                for lam in (0.0, PAPER[actor]["lam"]):
+                    for row in roofline.bench_precisions(actor, lam, device, quick, peaks[device]):
+                        precision_rows.append(row)
+                        log(json.dumps(row))
         for actor in actors:
             for runs in stacks:
                 stacked.append(bench_stack(actor, runs, True, device, windows, quick))
@@ -361,44 +328,13 @@ def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool
                 log(json.dumps({k: v for k, v in row.items() if k != "raw"}))
         if evaluation:
             for actor in actors:
-                evals.append({"device": device, "actor": actor, "actor_hidden": list(ACTOR_HIDDEN[actor]),
-                              "env": "HalfCheetah-v5", "num_envs": 10,
-                              "env_steps_per_s": round(bench_evaluation(actor, device), 1)})
-                log(json.dumps(evals[-1]))
-    return {"rows": rows, "evaluation": evals, "stacked": stacked, "processes": versus}
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        "| device | actor | λ | reference (CORL-style) | eager, loop | eager, `fit` | fit/loop time | fast, loop | "
-        "fast, `fit` | fit/loop time | fast `fit` / reference | compile+capture s | kernels/update (ref → eager → fast) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ] if result["rows"] else []
-    for r in result["rows"]:
-        k = r.get("kernels_per_update", {})
-        kernels = " → ".join(str(round(k[x])) for x in ("reference", "eager", "fast") if x in k) or "–"
-        lines.append(
-            f"| {r['device']} | {r['actor']} | {r['lam']} | {r['reference']} | {r['eager_plain']} | {r['eager_fit']} | "
-            f"{r['eager_fit_over_plain_time']} | {r['fast_plain']} ({r['fast_mode']}) | {r['fast_fit']} | "
-            f"{r['fast_fit_over_plain_time']} | {r['fast_fit_over_reference']}× | {r['fast_setup_s']} | {kernels} |"
-        )
-    lines.append("\nUpdates/s, median of the timed windows; batch 256, walker2d shapes, Appendix C networks.")
-    if result.get("stacked"):
-        lines += ["", "| device | actor | λ | stacked runs | mode | updates/s per run | aggregate updates/s |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['actor']} | {r['lam']} | {r['runs']} | {r['mode']} | {r['updates_per_s']} | "
-                  f"{r['aggregate_updates_per_s']} |" for r in result["stacked"]]
-    if result.get("processes"):
-        lines += ["", "| actor | λ | N | N processes (1 thread each), aggregate | N stacked in 1 process, aggregate | speed-up |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['actor']} | {r['lam']} | {r['runs']} | {r['processes_aggregate_updates_per_s']} | "
-                  f"{r['stacked_aggregate_updates_per_s']} ({r['stacked_threads']} threads) | {r['speedup']}× |"
-                  for r in result["processes"]]
-    if result["evaluation"]:
-        lines += ["", "| device | actor (hidden) | env | envs | env steps/s |", "|---|---|---|---|---|"]
-        lines += [f"| {e['device']} | {e['actor']} {tuple(e['actor_hidden'])} | {e['env']} | {e['num_envs']} | "
-                  f"{e['env_steps_per_s']} |" for e in result["evaluation"]]
-    return "\n".join(lines) + "\n"
+                for precision in ("32-true", "bf16-mixed"):
+                    evals.append({"device": device, "actor": actor, "actor_hidden": list(ACTOR_HIDDEN[actor]),
+                                  "env": "HalfCheetah-v5", "num_envs": 10, "precision": precision,
+                                  "env_steps_per_s": round(bench_evaluation(actor, device, precision), 1)})
+                    log(json.dumps(evals[-1]))
+    return {"rows": rows, "evaluation": evals, "stacked": stacked, "processes": versus,
+            "precision": precision_rows, "matmul_peaks": peaks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -415,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stacks", default="1,8,30", help="stack sizes (runs in one model) to time; '' for none")
     parser.add_argument("--processes", type=int, default=4,
                         help="on the CPU: N separate processes against N stacked runs (0: skip)")
-    parser.add_argument("--only", choices=("updates", "stacks"), help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("updates", "stacks", "precision"), help="run one part of the benchmark")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -424,10 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not devices:
         print("isep bench: no CUDA device here", flush=True)
         return 2
-    stacks = [int(x) for x in args.stacks.split(",") if x.strip()] if args.only != "updates" else []
-    result = run(devices, args.actors.split(","), args.windows, args.quick, args.kernels and args.only != "stacks",
-                 args.evaluation and args.only != "stacks", stacks, args.processes if args.only != "updates" else 0,
-                 updates=args.only != "stacks", log=lambda line: print(line, flush=True))
+    only = args.only
+    stacks = [int(x) for x in args.stacks.split(",") if x.strip()] if only in (None, "stacks") else []
+    result = run(devices, args.actors.split(","), args.windows, args.quick, args.kernels and only in (None, "updates"),
+                 args.evaluation and only in (None, "updates"), stacks, args.processes if only in (None, "stacks") else 0,
+                 updates=only in (None, "updates"), precisions=only in (None, "precision"),
+                 log=lambda line: print(line, flush=True))
     import lightning
 
     result["meta"] = {"torch": torch.__version__, "lightning": lightning.__version__, "threads": args.threads,

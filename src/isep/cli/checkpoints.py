@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from isep.errors import ConfigError
-from isep.runs import HASH_EXCLUDE, flat
+from isep.runs import ADDED, HASH_EXCLUDE, flat
 
 # Settings a resumed run may change: how long it trains (the rest defines what the run computes).
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")
@@ -46,6 +46,8 @@ def _differences(mine: dict, theirs: dict, prefix: str) -> list[str]:
         name = f"{prefix}.{key}"
         if name in HASH_EXCLUDE or key in ("_instantiator", "_class_path"):
             continue
+        if key not in theirs and ADDED.get(name, object()) == mine.get(key):  # a setting newer than the checkpoint
+            continue
         a, b = mine.get(key), theirs.get(key)
         if _normal(a) != _normal(b):
             out.append(f"{name}: the checkpoint has {b!r}, this command {a!r}")
@@ -74,6 +76,10 @@ def check_resume(config: dict, checkpoint: dict, path: Path) -> None:
     data = checkpoint.get("datamodule_hyper_parameters")
     if data:
         problems += _differences(config.get("data") or {}, data, "data")
+    trained = trained_precision(checkpoint)
+    wanted = str((config.get("trainer") or {}).get("precision") or "32-true")
+    if wanted != trained:
+        problems.append(f"trainer.precision: the checkpoint was trained in {trained!r}, this command {wanted!r}")
     if problems:
         listed = "\n  ".join(problems)
         raise ConfigError(f"--ckpt_path {path} was trained with other settings than this command's:\n  {listed}\n"
@@ -89,3 +95,28 @@ def check_resume(config: dict, checkpoint: dict, path: Path) -> None:
             if before.get(key) != now.get(key):
                 print(f"isep: resuming with {key} = {now.get(key)} (the run had {before.get(key)}): training continues "
                       "to the new end, and the actor's cosine schedule, if any, now spans the new length", file=sys.stderr)
+
+
+def resume_precision(plain: dict, root: Path, ckpt: str | None, default: str) -> str | None:
+    """The precision a resume continues in when `--trainer.precision` is not given: the checkpoint
+    file's, or, for `--ckpt_path last`, that of the newest run of these settings with a checkpoint
+    (the device's default first). None: nothing to resume, the default applies."""
+    import copy
+
+    from isep.runs import choose_run_dir, run_key
+
+    if not ckpt:
+        return None
+    if ckpt != "last":
+        return trained_precision(read_checkpoint(ckpt))
+    for precision in dict.fromkeys((default, "32-true", "bf16-mixed")):
+        config = copy.deepcopy(plain)
+        config.setdefault("trainer", {})["precision"] = precision
+        if (choose_run_dir(root / run_key(config), resume=True) / "checkpoints" / "last.ckpt").is_file():
+            return precision
+    return None
+
+
+def trained_precision(checkpoint: dict) -> str:
+    """The precision a checkpoint was trained in (`32-true` before precisions existed)."""
+    return ((checkpoint.get("state_dict") or {}).get("agent._extra_state") or {}).get("precision", "32-true")

@@ -22,16 +22,18 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from isep.callbacks.evaluation import RolloutEvaluation
 from isep.callbacks.tracking import run_routes
-from isep.cli.checkpoints import check_resume, read_checkpoint
+from isep.cli.checkpoints import check_resume, read_checkpoint, resume_precision
 from isep.cli.run_setup import RunClaim, build_routes, log_run_params, run_folder_of
 from isep.cli.summary import print_eval_metrics, print_start, print_summary
 from isep.data.datamodule import D4RLDataModule
 from isep.errors import ConfigError
 from isep.module import ISEPModule
+from isep.precision import check_device, default_precision, normalize, training_device
 from isep.runs import STACK_FIELDS, expand_stack, flat, per_run_configs, run_key, stack_size
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
+    "precision": None,  # resolved before anything runs: bf16-mixed where bf16 is native, else 32-true
     # The module logs its own averages every `model.log_every` updates; Lightning must not drop
     # them, so its own cadence is every step.
     "log_every_n_steps": 1,
@@ -105,12 +107,20 @@ class ISEPCLI(LightningCLI):
         stacked = expand_stack(cfg.get("stack", {}).as_dict() if cfg.get("stack") else None, cfg.model.as_dict())
         for field, values in stacked.items():
             setattr(cfg.model, field, values)
+        device = training_device(cfg.trainer.get("accelerator"))
+        default, root, ckpt = default_precision(device), Path(cfg.trainer.get("default_root_dir") or "runs"), cfg.get("ckpt_path")
+        given = cfg.trainer.get("precision")
+        resumed = None if given is not None or self.check_only else resume_precision(cfg.as_dict(), root, ckpt, default)
+        if resumed is not None and resumed != default:
+            print(f"isep: resuming in {resumed}, the precision the run was trained in (--trainer.precision "
+                  f"{default} would start another run)", file=sys.stderr)
+        cfg.trainer.precision = normalize(given or resumed or default)
+        check_device(cfg.trainer.precision, device)
         if self.check_only:
             return
         plain = cfg.as_dict()
-        root = Path(plain["trainer"].get("default_root_dir") or "runs")
         command = self._command()  # None: `build_cli(run=False)`, whose caller calls `trainer.fit` itself
-        ckpt, fit = cfg.get("ckpt_path"), command in ("fit", None)
+        fit = command in ("fit", None)
         if not fit and not ckpt:
             raise ConfigError(f"isep {command} evaluates a trained run: pass --ckpt_path FILE, or --ckpt_path last "
                               "(the newest run of these settings)")

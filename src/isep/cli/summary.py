@@ -39,8 +39,11 @@ def print_start(cli) -> None:
     how = f"resuming {plain.get('ckpt_path')}" if cli.resuming else "a new run"
     what = f"{agent.runs} stacked runs" if agent.runs > 1 else f"λ = {float(agent.lam[0]):g}"
     _say(f"isep: fit → {cli.claim.folder} ({how})")
-    _say(f"  {agent.actor_kind} actor, {what}, {plain['data']['dataset']}, "
-         f"{total:,} updates" if total else f"  {agent.actor_kind} actor, {what}, {plain['data']['dataset']}")
+    bf16 = plain["trainer"]["precision"] == "bf16-mixed"
+    parts = f" ({module.hparams.bf16_parts} parts in bf16)" if bf16 else ""
+    length = f", {total:,} updates" if total else ""
+    _say(f"  {agent.actor_kind} actor, {what}, {plain['data']['dataset']}{length}; "
+         f"precision {plain['trainer']['precision']}{parts}, {module.fast_mode(cli.trainer.strategy.root_device)} update")
     ids = _mlflow_ids(module)
     if ids:
         _say(f"  MLflow {tracking_uri(plain['mlflow']['tracking_uri'])}, run {', '.join(ids)}")

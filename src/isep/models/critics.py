@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from isep.models.mlp import StackedMLP
+from isep.precision import Layers
 
 
 class TwinQ(nn.Module):
@@ -30,14 +31,14 @@ class TwinQ(nn.Module):
         twins = None if generators is None else [g for g in generators for _ in range(2)]
         self.net = StackedMLP(2 * runs, obs_dim + act_dim, hidden, 1, activation, generators=twins)
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, layers: Layers | None = None) -> torch.Tensor:
         x = torch.cat([obs, act], -1)  # (R, B, S + A)
         r, b, d = x.shape
         x = x.unsqueeze(1).expand(r, 2, b, d).reshape(2 * r, b, d)
-        return self.net(x).view(r, 2, b)
+        return self.net(x, layers=layers).view(r, 2, b)
 
-    def min(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self(obs, act).amin(1)
+    def min(self, obs: torch.Tensor, act: torch.Tensor, layers: Layers | None = None) -> torch.Tensor:
+        return self(obs, act, layers).amin(1)
 
 
 class ValueFunction(nn.Module):
@@ -54,5 +55,5 @@ class ValueFunction(nn.Module):
         super().__init__()
         self.net = StackedMLP(runs, obs_dim, hidden, 1, activation, generators=generators)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
+    def forward(self, obs: torch.Tensor, layers: Layers | None = None) -> torch.Tensor:
+        return self.net(obs, layers=layers).squeeze(-1)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from isep.models.mlp import StackedMLP, member_generators
+from isep.precision import Layers
 
 # Optimality tokens (CFGRL): ∅ (unconditional), negative advantage, positive advantage.
 NULL, NEGATIVE, POSITIVE = 0, 1, 2
@@ -40,11 +41,14 @@ class VelocityField(nn.Module):
                 self.embed[r].normal_(generator=gen)
         self.net = StackedMLP(runs, act_dim + 1 + obs_dim + embed_dim, hidden, act_dim, activation, generators=generators)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """x (R, B, A), t (R, B), obs (R, B, S), label (R, B) long → (R, B, A)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, label: torch.Tensor,
+                layers: Layers | None = None, cast: list | None = None) -> torch.Tensor:
+        """x (R, B, A), t (R, B), obs (R, B, S), label (R, B) long → (R, B, A); `layers`: the
+        matrix products' dtypes (`isep.precision`), `cast`: the weights already in them."""
         # (not F.one_hot: it checks the labels' range on the host, a synchronisation)
         one_hot = (label.unsqueeze(-1) == torch.arange(TOKENS, device=label.device)).to(x.dtype)
-        return self.net(torch.cat([x, t.unsqueeze(-1).to(x.dtype), obs, torch.bmm(one_hot, self.embed)], -1))
+        return self.net(torch.cat([x, t.unsqueeze(-1).to(x.dtype), obs, torch.bmm(one_hot, self.embed)], -1), layers=layers,
+                        cast=cast)
 
 
 def guided_sample(
@@ -55,12 +59,14 @@ def guided_sample(
     noise: torch.Tensor | None = None,
     low: float | torch.Tensor = -1.0,
     high: float | torch.Tensor = 1.0,
+    layers: Layers | None = None,
 ) -> torch.Tensor:
     """Integrate ṽ = v(x,t,s,∅) + w·(v(x,t,s,+) − v(x,t,s,∅)) from x₀ in `steps` Euler steps.
 
     obs (R, B, S); `guidance` a float or per-run (R, 1, 1) tensor; x₀ is `noise` (R, B, A), or a draw
     from torch's generator. The ∅ and positive branches run as one forward pass over a doubled
-    batch. The result is clipped to the action bounds (Eq. 7).
+    batch. The result is clipped to the action bounds (Eq. 7). `layers`: the field's matrix products'
+    dtypes (`isep.precision`); x is integrated in float32.
     """
     r, b, _ = obs.shape
     x = torch.randn(r, b, field.act_dim, device=obs.device, dtype=obs.dtype) if noise is None else noise
@@ -73,8 +79,9 @@ def guided_sample(
         1,
     )
     dt = 1.0 / steps
+    cast = field.net.cast(layers)  # the bf16 copies of the weights, once for all steps
     for k in range(steps):
         t = torch.full((r, 2 * b), k * dt, device=obs.device, dtype=obs.dtype)
-        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, labels).chunk(2, dim=1)
+        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, labels, layers, cast).chunk(2, dim=1)
         x = x + dt * (v_null + guidance * (v_pos - v_null))
     return torch.clamp(x, low, high)

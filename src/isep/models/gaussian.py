@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from isep.models.mlp import StackedMLP
+from isep.precision import Layers
 from isep.rng import Draws
 
 LOG_2PI = math.log(2 * math.pi)
@@ -39,22 +40,24 @@ class GaussianActor(nn.Module):
         self.log_std = nn.Parameter(torch.zeros(runs, 1, act_dim))
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
-    def forward(self, obs: torch.Tensor, draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: torch.Tensor, draws: Draws | None = None,
+                layers: Layers | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (R, B, A) and log-std (R, 1, A); `draws` switch the actor's dropout on (training)."""
-        return torch.tanh(self.net(obs, draws)), self.log_std.clamp(self.log_std_min, self.log_std_max)
+        return torch.tanh(self.net(obs, draws, layers)), self.log_std.clamp(self.log_std_min, self.log_std_max)
 
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, draws: Draws | None = None,
+                 layers: Layers | None = None) -> torch.Tensor:
         """log π(a|s), summed over action dimensions → (R, B)."""
-        mean, log_std = self(obs, draws)
+        mean, log_std = self(obs, draws, layers)
         z = (actions - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
 
-    def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None, layers: Layers | None = None) -> torch.Tensor:
         """a = mean + σ·ε (not clipped); ε is `noise` (R, B, A), or a fresh draw from torch's generator."""
-        mean, log_std = self(obs)
+        mean, log_std = self(obs, layers=layers)
         noise = torch.randn_like(mean) if noise is None else noise
         return mean + noise * log_std.exp()
 
-    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+    def mode(self, obs: torch.Tensor, layers: Layers | None = None) -> torch.Tensor:
         """The mean: IQL evaluates deterministically."""
-        return self(obs)[0]
+        return self(obs, layers=layers)[0]

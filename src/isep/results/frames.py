@@ -21,7 +21,7 @@ import pandas as pd
 
 from isep.errors import CompareError
 from isep.results.store import metric_history
-from isep.runs import HASH_EXCLUDE
+from isep.runs import ADDED, HASH_EXCLUDE
 
 DEFAULT_METRIC = "eval/normalized_score"
 FALLBACK_METRIC = "eval/expected_reward"  # what the toy bandits log instead of a normalized score
@@ -101,6 +101,19 @@ def _row(run, experiment: str) -> dict:
            "last_step": -1, "score": math.nan, "run_dir": tags.get("run_dir") or "",
            "failure_reason": (tags.get("failure_reason") or "").split("\n")[0][:160], "left_out": ""}
     row.update({k: v for k, v in run.data.params.items() if k.startswith(("model.", "data.")) and k not in KEY_PARAMS})
+    return _precision_settings(row, run.data.params)
+
+
+def _precision_settings(row: dict, params: dict) -> dict:
+    """A run's precision is a setting of its variant (`trainer.precision`, 32-true for runs from
+    before it had a default); the settings added since (`runs.ADDED`) take their defaults where a run
+    lacks them, and `bf16_parts` means nothing in fp32 — so old and new fp32 runs are one variant."""
+    precision = params.get("trainer.precision")  # "None": logged by code that trained in fp32 only
+    row["trainer.precision"] = "32-true" if precision in (None, "None", "32", "32-true") else precision
+    for key, default in ADDED.items():
+        row[key] = str(params.get(key, default))
+        if key == "model.bf16_parts" and row["trainer.precision"] == "32-true":
+            row[key] = str(default)
     return row
 
 
@@ -163,7 +176,7 @@ def _add_settings(frame: pd.DataFrame) -> pd.DataFrame:
     """`settings`: the params whose values differ between the runs of one task and actor (a τ or β
     swept beside λ), as `name=value` — what makes their variants different beyond λ and the mix."""
     frame = frame.assign(settings="")
-    params = [c for c in frame.columns if c.startswith(("model.", "data."))]
+    params = [c for c in frame.columns if c.startswith(("model.", "data.", "trainer."))]
     ok = frame["left_out"] == ""
     for _, rows in frame[ok].groupby(["metric", "task", "actor"]):
         varying = [p for p in params if rows[p].astype(str).nunique(dropna=False) > 1]

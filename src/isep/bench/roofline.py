@@ -1,0 +1,103 @@
+"""The update against the hardware's limit: FLOP per update, achieved GFLOP/s, and the ratio to
+the measured matrix-product peak of the dtype the update multiplies in, per precision.
+
+- Peak: GFLOP/s of a 512 × 512 × 512 matmul in fp32 and bf16 on the device, measured in the same
+  run (a quiet core of this project's CPU: fp32 ≈ 180, bf16 ≈ 1,230 with AMX).
+- FLOP per update: counted by `torch.utils.flop_counter` from the shapes of every matrix product of
+  one eager update (forward and backward), split into the a_π sampler and the rest; nothing is
+  estimated.
+- Rows: both actors, λ = 0 and the paper's λ, each `--trainer.precision` isep runs (32-true,
+  bf16-mixed with the `safe` rule, and with only the sampler in bf16), eager and compiled.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+PRECISIONS = (("32-true", "safe"), ("bf16-mixed", "safe"), ("bf16-mixed", "sampler"))
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 512, seconds: float = 1.0) -> float:
+    """GFLOP/s of n × n × n matrix products in `dtype` on `device` (median of 3 windows)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(3):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            a @ b
+            done += 1
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        rates.append(2 * n**3 * done / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def update_flops(agent) -> dict[str, float]:
+    """FLOP of one update of `agent` (ready to step), in total and in the a_π sampler."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from isep.rng import Draws, Stream
+
+    with FlopCounterMode(display=False) as total:
+        agent.train_step()
+    sampler = 0
+    if agent.draws_policy:
+        draws = Draws(agent.keys, agent.updates)
+        batch = agent.buffer.sample(draws, agent.batch_size)
+        with FlopCounterMode(display=False) as counted:
+            agent.policy_actions(batch["observations"], draws.normal(Stream.POLICY_NOISE, batch["actions"].shape[1:]))
+        sampler = counted.get_total_flops()
+    return {"total": float(total.get_total_flops()), "sampler": float(sampler)}
+
+
+def bench_precisions(actor: str, lam: float, device: str, quick: bool, peaks: dict[str, float]) -> list[dict]:
+    """One row per (precision, rule, mode): updates/s, FLOP per update, GFLOP/s, roofline ratio."""
+    from isep.bench.throughput import make_agent, plan, timed_windows
+
+    per_window, warmup = plan(device, actor, lam, quick)
+    rows = []
+    for precision, parts in PRECISIONS:
+        for mode in ("eager", "compile" if device == "cpu" else "graph"):
+            agent = make_agent(actor, lam, device, warmup + 3 * per_window)
+            agent.set_precision(precision, parts)
+            flops = update_flops(agent)
+            step = agent.step_function(mode)
+            timed_windows(step, warmup, 1, device)
+            rate = statistics.median(timed_windows(step, per_window, 3, device))
+            rows.append({"device": device, "actor": actor, "lam": lam, "precision": precision, "bf16_parts": parts,
+                         "mode": mode, "updates_per_s": round(rate, 1), "gflop_per_update": round(flops["total"] / 1e9, 3),
+                         "sampler_share": round(flops["sampler"] / flops["total"], 3),
+                         "gflop_per_s": round(flops["total"] * rate / 1e9, 1),
+                         "roofline": round(ideal_seconds(flops, precision, parts, peaks) * rate, 3)})
+    return rows
+
+
+def ideal_seconds(flops: dict[str, float], precision: str, parts: str, peaks: dict[str, float]) -> float:
+    """The time the update's matrix products take at the measured peaks (each part at the peak of
+    the dtype it multiplies in): the roofline is this over the update's real time."""
+    low = 0.0 if precision != "bf16-mixed" else (flops["sampler"] if parts == "sampler" else flops["total"])
+    return (low / peaks["bf16"] + (flops["total"] - low) / peaks["fp32"]) / 1e9
+
+
+def peaks_of(device: str) -> dict[str, float]:
+    return {"fp32": round(matmul_peak(torch.float32, device), 1), "bf16": round(matmul_peak(torch.bfloat16, device), 1)}
+
+
+def markdown(rows: list[dict], peaks: dict[str, dict[str, float]]) -> list[str]:
+    lines = ["", "| device | actor | λ | precision | bf16 parts | mode | updates/s | GFLOP/update (sampler share) | "
+             "GFLOP/s | roofline |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        parts = r["bf16_parts"] if r["precision"] == "bf16-mixed" else "–"
+        lines.append(f"| {r['device']} | {r['actor']} | {r['lam']} | {r['precision']} | {parts} | {r['mode']} | "
+                     f"{r['updates_per_s']} | {r['gflop_per_update']} ({r['sampler_share']:.0%}) | {r['gflop_per_s']} | "
+                     f"{r['roofline']:.0%} |")
+    for device, p in peaks.items():
+        lines.append(f"\nMeasured matmul peak on {device} (512³, same run): fp32 {p['fp32']} GFLOP/s, bf16 {p['bf16']} GFLOP/s. "
+                     "Roofline: the time of the update's matrix products at those peaks (each at the peak of its dtype) "
+                     "over the update's measured time, optimizer and element-wise work included.")
+    return lines
