@@ -181,3 +181,19 @@ def test_action_bounds_come_from_the_dataset(tmp_path, monkeypatch, capsys):
                  "--trainer.default_root_dir", str(tmp_path / "runs")])
     assert code == 2
     assert "dataset's action space is [-0.5, 0.5]" in capsys.readouterr().err
+
+
+def test_the_agent_and_its_evaluation_import_no_lightning():
+    """`isep.agent` and `isep.evaluation` are plain PyTorch: building an agent and acting with it
+    loads no Lightning module (checked in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom isep.agent import ISEPAgent\nfrom isep.evaluation import Evaluator, evaluate\n"
+            "agent = ISEPAgent(3, 2, actor='flow', actor_hidden=[8], critic_hidden=[8])\nagent.act([[0.0, 0.0, 0.0]])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
