@@ -147,6 +147,8 @@ def format_table(records: list[dict]) -> str:
 def evaluate_main(argv: Sequence[str]) -> int:
     import torch
 
+    from isep.precision import SUPPORTED, check_device
+
     parser = argparse.ArgumentParser(prog="isep evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint (.ckpt) or a run folder (uses checkpoints/last.ckpt)")
@@ -158,7 +160,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--env_id", help="evaluate in this env instead of the dataset's")
     parser.add_argument("--max_episode_steps", type=int)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"),
+    parser.add_argument("--precision", choices=SUPPORTED,
                         help="the policy's precision (default: the one the checkpoint was trained in)")
     parser.add_argument("--mlflow.tracking_uri", dest="tracking_uri", help="the run's MLflow store (default as `isep fit`)")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not write to the run's MLflow record")
@@ -170,8 +172,6 @@ def evaluate_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"guidance weights must be ≥ 0, got {args.guidance}")
     agent, config, step = load_run(ckpt, run_dir, args.device, run)
     if args.precision:
-        from isep.precision import check_device
-
         check_device(args.precision, torch.device(args.device))
         agent.set_precision(args.precision)
     if agent.actor_kind != "flow" and args.guidance:

@@ -59,12 +59,19 @@ def _dataset_slug(data: dict) -> str:
     return re.sub(r"[^\w.+-]+", "_", dataset.replace("/", "__"))
 
 
+def precision_name(value) -> str:
+    """A run's `trainer.precision` as one name: `32-true` for fp32's spellings (and for None, or the
+    "None" that runs from before precisions logged), else as given (`bf16-mixed`)."""
+    name = "None" if value is None else str(value)
+    return "32-true" if name in ("None", "32", "32-true") else name
+
+
 def _digest(config: dict) -> str:
     model, data = config.get("model") or {}, config.get("data") or {}
     settings = {k: v for k, v in flat("", {"model": model, "data": data}).items()
                 if k not in HASH_EXCLUDE and ADDED.get(k, _UNSET) != v}
-    precision = str((config.get("trainer") or {}).get("precision") or "32-true")
-    if precision not in ("32", "32-true"):  # a bf16 run is another run
+    precision = precision_name((config.get("trainer") or {}).get("precision"))
+    if precision != "32-true":  # a bf16 run is another run
         settings["trainer.precision"] = precision
     else:  # which parts multiply in bf16 means nothing in fp32: fp32 runs keep the keys they had
         settings.pop("model.bf16_parts", None)

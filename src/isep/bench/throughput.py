@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 
 from isep.bench.report import markdown
+from isep.precision import SUPPORTED
 
 OBS_DIM, ACT_DIM, BATCH = 17, 6, 256  # walker2d
 PAPER = {  # walker2d-medium-v2, Appendix C Tables 3 and 4
@@ -328,7 +329,7 @@ def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool
                 log(json.dumps({k: v for k, v in row.items() if k != "raw"}))
         if evaluation:
             for actor in actors:
-                for precision in ("32-true", "bf16-mixed"):
+                for precision in SUPPORTED:
                     evals.append({"device": device, "actor": actor, "actor_hidden": list(ACTOR_HIDDEN[actor]),
                                   "env": "HalfCheetah-v5", "num_envs": 10, "precision": precision,
                                   "env_steps_per_s": round(bench_evaluation(actor, device, precision), 1)})

@@ -97,10 +97,12 @@ def check_resume(config: dict, checkpoint: dict, path: Path) -> None:
                       "to the new end, and the actor's cosine schedule, if any, now spans the new length", file=sys.stderr)
 
 
-def resume_precision(plain: dict, root: Path, ckpt: str | None, default: str) -> str | None:
+def resume_precision(plain: dict, root: Path, ckpt: str | None, default: str,
+                     checkpoint: dict | None = None) -> str | None:
     """The precision a resume continues in when `--trainer.precision` is not given: the checkpoint
-    file's, or, for `--ckpt_path last`, that of the newest run of these settings with a checkpoint
-    (the device's default first). None: nothing to resume, the default applies."""
+    file's (`checkpoint`: that file, already read), or, for `--ckpt_path last`, that of the newest
+    run of these settings with a checkpoint (the device's default first). None: nothing to resume,
+    the default applies."""
     import copy
 
     from isep.runs import choose_run_dir, run_key
@@ -108,7 +110,7 @@ def resume_precision(plain: dict, root: Path, ckpt: str | None, default: str) ->
     if not ckpt:
         return None
     if ckpt != "last":
-        return trained_precision(read_checkpoint(ckpt))
+        return trained_precision(checkpoint if checkpoint is not None else read_checkpoint(ckpt))
     for precision in dict.fromkeys((default, "32-true", "bf16-mixed")):
         config = copy.deepcopy(plain)
         config.setdefault("trainer", {})["precision"] = precision

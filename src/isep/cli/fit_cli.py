@@ -33,7 +33,7 @@ from isep.runs import STACK_FIELDS, expand_stack, flat, per_run_configs, run_key
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
-    "precision": None,  # resolved before anything runs: bf16-mixed where bf16 is native, else 32-true
+    "precision": None,  # resolved before anything runs: the run's own on a resume, else `precision.default_precision`
     # The module logs its own averages every `model.log_every` updates; Lightning must not drop
     # them, so its own cadence is every step.
     "log_every_n_steps": 1,
@@ -110,7 +110,10 @@ class ISEPCLI(LightningCLI):
         device = training_device(cfg.trainer.get("accelerator"))
         default, root, ckpt = default_precision(device), Path(cfg.trainer.get("default_root_dir") or "runs"), cfg.get("ckpt_path")
         given = cfg.trainer.get("precision")
-        resumed = None if given is not None or self.check_only else resume_precision(cfg.as_dict(), root, ckpt, default)
+        # an explicit checkpoint file is read once, for its precision and for the resume check
+        checkpoint = read_checkpoint(ckpt) if ckpt and ckpt != "last" and not self.check_only else None
+        resumed = None if given is not None or self.check_only else resume_precision(cfg.as_dict(), root, ckpt, default,
+                                                                                      checkpoint)
         if resumed is not None and resumed != default:
             print(f"isep: resuming in {resumed}, the precision the run was trained in (--trainer.precision "
                   f"{default} would start another run)", file=sys.stderr)
@@ -139,7 +142,7 @@ class ISEPCLI(LightningCLI):
                       file=sys.stderr)
                 cfg.ckpt_path = ckpt = None
         if ckpt:
-            check_resume(plain, read_checkpoint(ckpt), Path(ckpt))
+            check_resume(plain, checkpoint if checkpoint is not None else read_checkpoint(ckpt), Path(ckpt))
             if not fit:  # validate / test read a checkpoint: their records go beside it
                 self.claim.folder = run_folder_of(Path(ckpt))
         self.resuming = bool(ckpt) and fit

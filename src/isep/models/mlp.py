@@ -18,7 +18,6 @@ from isep.precision import Layers
 from isep.rng import MAX_DROPOUT_LAYERS, Draws, Stream
 
 
-
 def mish(x: torch.Tensor) -> torch.Tensor:
     """Mish, x·tanh(softplus(x)) (the flow field's activation). Compiled, it is written as
     x·n/(n + 2) with n = eˣ(eˣ + 2), the same function with one exp (tanh(log(1 + eˣ)) =

@@ -21,7 +21,7 @@ import pandas as pd
 
 from isep.errors import CompareError
 from isep.results.store import metric_history
-from isep.runs import ADDED, HASH_EXCLUDE
+from isep.runs import ADDED, HASH_EXCLUDE, precision_name
 
 DEFAULT_METRIC = "eval/normalized_score"
 FALLBACK_METRIC = "eval/expected_reward"  # what the toy bandits log instead of a normalized score
@@ -108,8 +108,7 @@ def _precision_settings(row: dict, params: dict) -> dict:
     """A run's precision is a setting of its variant (`trainer.precision`, 32-true for runs from
     before it had a default); the settings added since (`runs.ADDED`) take their defaults where a run
     lacks them, and `bf16_parts` means nothing in fp32 — so old and new fp32 runs are one variant."""
-    precision = params.get("trainer.precision")  # "None": logged by code that trained in fp32 only
-    row["trainer.precision"] = "32-true" if precision in (None, "None", "32", "32-true") else precision
+    row["trainer.precision"] = precision_name(params.get("trainer.precision"))
     for key, default in ADDED.items():
         row[key] = str(params.get(key, default))
         if key == "model.bf16_parts" and row["trainer.precision"] == "32-true":
