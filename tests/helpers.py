@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,19 @@ class PauseAfterFirstEpoch(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= 1:
             time.sleep(self.seconds)
+
+
+class CtrlCInCheckpoint(L.Callback):
+    """For resume tests: a real Ctrl-C (SIGINT to the process itself) while the checkpoint of epoch
+    `epoch` is being saved, i.e. after that epoch's evaluation and CSV rows reached the disk and
+    before its `last.ckpt` does: the worst moment, reached every time instead of by a race."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def callback_arg(cls: type, **init) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import ISEP, PauseAtStart, callback_arg, run_folders, run_isep, tree_digest
+from tests.helpers import ISEP, CtrlCInCheckpoint, PauseAtStart, callback_arg, run_folders, run_isep, tree_digest
 
 TOY = ["--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--data.toy_size", "500",
        "--evaluation.every", "1"]
@@ -188,34 +188,43 @@ def test_a_run_killed_in_its_first_epoch_keeps_its_folder_and_is_marked_killed(t
 
 
 def test_an_interrupted_run_resumes_into_a_clean_record(tmp_path):
-    """Ctrl-C after a checkpoint, then --ckpt_path last: the record ends FINISHED with no stale
-    failure tag, one point per step, and the CSV holds each step once."""
+    """Ctrl-C after epoch 5's evaluation and CSV rows are on disk but before its checkpoint, then
+    --ckpt_path last: the record ends FINISHED with no stale failure tag, and the MLflow history,
+    the CSV and `eval_returns.jsonl` each hold every step once."""
     import csv
+    import json
 
     import mlflow
 
     root = tmp_path / "runs"
     args = fit_args(root, "--trainer.max_epochs", "30", "--evaluation.every", "1")
-    proc = subprocess.Popen([str(ISEP), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_checkpoint(root, 30)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        proc.wait(timeout=120)
-    finally:
-        proc.kill()
-    assert main(fit_args(root, "--trainer.max_epochs", "30", "--evaluation.every", "1", "--ckpt_path", "last")) == 0
+    interrupted = subprocess.run([str(ISEP), *args, *callback_arg(CtrlCInCheckpoint, epoch=5)], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert interrupted.returncode != 0, interrupted.stderr[-2000:]
     (run,) = run_folders(root)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 50
+    assert json.loads((run / "eval_returns.jsonl").read_text().splitlines()[-1])["step"] == 60  # past the checkpoint
+    def csv_rows() -> list[dict]:
+        with open(run / "csv" / "version_0" / "metrics.csv") as handle:
+            return [r for r in csv.DictReader(handle) if r.get("train/critic/loss")]
+
+    before = csv_rows()
+    assert int(before[-1]["step"]) > 50  # so are CSV rows
+    assert main([*args, "--ckpt_path", "last"]) == 0
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     record = client.get_run((run / "mlflow_run_id").read_text().strip())
     assert record.info.status == "FINISHED" and "failure_reason" not in record.data.tags
     for key in ("train/critic/loss", "eval/expected_reward"):
         steps = [m.step for m in client.get_metric_history(record.info.run_id, key)]
         assert len(steps) == len(set(steps)) and max(steps) == 300, key
-    with open(run / "csv" / "version_0" / "metrics.csv") as handle:
-        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/critic/loss")]
+    after = csv_rows()
+    steps = [int(r["step"]) for r in after]
     assert len(steps) == len(set(steps)) and steps == sorted(steps) and steps[-1] == 300
-    evaluations = (run / "eval_returns.jsonl").read_text().splitlines()
-    assert len(evaluations) == 30
+    kept = [r for r in before if int(r["step"]) <= 50]
+    assert [r["train/critic/loss"] for r in after[:len(kept)]] == [r["train/critic/loss"] for r in kept]  # rows before the resume stay
+    evaluations = [json.loads(line)["step"] for line in (run / "eval_returns.jsonl").read_text().splitlines()]
+    assert evaluations == list(range(10, 301, 10))
 
 
 def test_sigkill_keeps_the_csv_rows_up_to_the_checkpoint(tmp_path):

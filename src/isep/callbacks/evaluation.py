@@ -60,9 +60,10 @@ class RolloutEvaluation(Evaluator, L.Callback):
             return
         self.prepare_for(trainer.datamodule, pl_module.agent.obs_dim, pl_module.agent.act_dim)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed run keeps the evaluation records up to its checkpoint (later ones, written before
-        an interrupt, go: the resume writes them again), so the file reads like an uninterrupted run's."""
+        an interrupt, go: the resume writes them again), so the file reads like an uninterrupted run's.
+        (Not `on_fit_start`: Lightning restores the step counter after it, and before this hook.)"""
         if trainer.global_step == 0:
             return
         for folder in run_routes(pl_module).folders:
@@ -70,7 +71,6 @@ class RolloutEvaluation(Evaluator, L.Callback):
             if path.is_file():
                 kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= trainer.global_step]
                 path.write_text("".join(line + "\n" for line in kept))
-
 
     # -- when ----------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -88,6 +89,16 @@ def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: di
     return logger
 
 
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing `metrics.csv` is continued under its header
+    instead of deleted (Lightning's writer removes it when it is made, i.e. a resumed run's rows)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+
 class RunCSVLogger(CSVLogger):
     """The run's CSV metrics, `<folder>/csv/version_0/metrics.csv`, one file for the run's life.
 
@@ -100,6 +111,14 @@ class RunCSVLogger(CSVLogger):
     def __init__(self, folder: Path, resuming: bool = False) -> None:
         super().__init__(folder, name="csv", version=0)
         self.resuming = resuming
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        """Lightning's writer; a resumed run's continues the file (Lightning's own deletes it)."""
+        if self._experiment is None and self.resuming:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return CSVLogger.experiment.fget(self)
 
     def truncate_after(self, step: int) -> None:
         """Keep the rows up to `step` (the checkpoint a resumed run starts from)."""
@@ -249,9 +268,10 @@ class MLflowRunRecord(L.Callback):
                 if path.is_file():
                     logger.experiment.log_artifact(logger.run_id, str(path))
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed run continues its CSV file from the checkpoint's step (rows written after it,
-        before an interrupt, go: the resume writes them again)."""
+        before an interrupt, go: the resume writes them again). (Not `on_fit_start`: Lightning
+        restores the step counter after it.)"""
         if trainer.global_step > 0:
             for loggers in run_routes(pl_module).loggers:
                 for logger in loggers:
