@@ -150,6 +150,15 @@ class CtrlCInCheckpoint(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class RecordFastMode(L.Callback):
+    """Records, as training starts, the update path (`eager` / `compile` / `graph`) the fit uses."""
+
+    seen: list[str] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        RecordFastMode.seen.append(pl_module.fast_mode())
+
+
 def callback_arg(cls: type, **init) -> list[str]:
     """The CLI arguments that add callback `cls` (a class of the tests package) to a run."""
     return ["--trainer.callbacks+", json.dumps({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init})]

@@ -15,7 +15,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import ISEP, CtrlCInCheckpoint, PauseAtStart, callback_arg, run_folders, run_isep, tree_digest
+from tests.helpers import ISEP, CtrlCInCheckpoint, PauseAtStart, RecordFastMode, callback_arg, run_folders, run_isep, tree_digest
 
 TOY = ["--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--data.toy_size", "500",
        "--evaluation.every", "1"]
@@ -245,6 +245,18 @@ def test_sigkill_keeps_the_csv_rows_up_to_the_checkpoint(tmp_path):
 
 
 # -- what a newcomer sees -------------------------------------------------------------------------------
+
+
+def test_the_start_line_names_the_update_path_the_fit_uses(monkeypatch, tmp_path, capsys):
+    """Auto mode compiles a CPU fit long enough to pay for it; the start line, printed before the
+    Trainer sets the module up, must name that path too (it said `eager`)."""
+    import isep.fast
+
+    monkeypatch.setattr(isep.fast, "CPU_COMPILE_MIN_UPDATES", 20)
+    RecordFastMode.seen.clear()
+    assert main([*fit_args(tmp_path / "runs", "--trainer.max_epochs", "2"), *callback_arg(RecordFastMode)]) == 0
+    assert RecordFastMode.seen == ["compile"]
+    assert "compile update" in capsys.readouterr().err
 
 
 def test_isep_help_lists_every_command():

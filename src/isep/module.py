@@ -160,9 +160,10 @@ class ISEPModule(L.LightningModule):
             bounds.append(self.trainer.max_epochs * dm.steps_per_epoch)
         return min(bounds) if bounds else None
 
-    def fast_mode(self, device: torch.device | None = None) -> str:
-        """`eager`, `compile` or `graph` (`isep.fast`) for `device` (default: the module's)."""
-        return choose_mode(self.hparams.fast, device or self.device, self.planned_updates)
+    def fast_mode(self, device: torch.device | None = None, updates: int | None = None) -> str:
+        """`eager`, `compile` or `graph` (`isep.fast`) for `device` (default: the module's) and a fit
+        of `updates` updates (default: the planned ones, known once the Trainer set the module up)."""
+        return choose_mode(self.hparams.fast, device or self.device, updates if updates is not None else self.planned_updates)
 
     def updates_per_call(self, device: torch.device | None = None) -> int:
         if self.hparams.updates_per_call is not None:

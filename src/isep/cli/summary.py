@@ -43,7 +43,7 @@ def print_start(cli) -> None:
     parts = f" ({module.hparams.bf16_parts} parts in bf16)" if bf16 else ""
     length = f", {total:,} updates" if total else ""
     _say(f"  {agent.actor_kind} actor, {what}, {plain['data']['dataset']}{length}; "
-         f"precision {plain['trainer']['precision']}{parts}, {module.fast_mode(cli.trainer.strategy.root_device)} update")
+         f"precision {plain['trainer']['precision']}{parts}, {module.fast_mode(cli.trainer.strategy.root_device, total)} update")
     ids = _mlflow_ids(module)
     if ids:
         _say(f"  MLflow {tracking_uri(plain['mlflow']['tracking_uri'])}, run {', '.join(ids)}")
