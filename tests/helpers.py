@@ -159,6 +159,17 @@ class RecordFastMode(L.Callback):
         RecordFastMode.seen.append(pl_module.fast_mode())
 
 
+def open_record_together(uri: str, barrier, results) -> None:
+    """For the store race test (a spawned process): wait for the others, then open a run record."""
+    from isep.callbacks.tracking import make_mlflow_logger
+
+    barrier.wait()
+    try:
+        results.put(make_mlflow_logger("together", f"run-{os.getpid()}", uri, {}, None).run_id)
+    except Exception as err:  # noqa: BLE001 - the test reports it
+        results.put(f"error: {err!r}"[:300])
+
+
 def callback_arg(cls: type, **init) -> list[str]:
     """The CLI arguments that add callback `cls` (a class of the tests package) to a run."""
     return ["--trainer.callbacks+", json.dumps({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init})]

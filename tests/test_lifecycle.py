@@ -15,7 +15,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import ISEP, PoisonAt, StopAfter, assert_same_state, callback_arg, run_folders
+from tests.helpers import ISEP, PoisonAt, StopAfter, assert_same_state, callback_arg, open_record_together, run_folders
 
 SMALL = [
     *TINY,
@@ -179,6 +179,29 @@ def test_unwritable_run_folder(use_store, tmp_path, capsys):
     assert code == 2
     assert "cannot write to the run folder" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
+
+
+def test_fits_started_together_on_a_new_store_all_get_their_records(tmp_path):
+    """Three processes open their MLflow runs at once on a sqlite store that does not exist yet:
+    each gets its run (MLflow's migrations, done by all of them at once, failed all but one or all)."""
+    import multiprocessing
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    (tmp_path / "new").mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=open_record_together, args=(uri, barrier, results)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    ids = [results.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert not [i for i in ids if i.startswith("error")], ids
+    client = mlflow.MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "together"]
+    assert sorted(r.info.run_id for r in client.search_runs([experiment.experiment_id])) == sorted(ids)
 
 
 def test_compare_reads_back_runs_written_by_fit(tmp_path, capsys):

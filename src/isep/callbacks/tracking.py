@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from isep.store_lock import store_lock
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -75,17 +77,21 @@ class RunLogger(MLFlowLogger):
 
 def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: dict[str, str], run_id: str | None) -> RunLogger:
     """A `RunLogger` with an explicit URI (MLFlowLogger's default is read at import and fails);
-    with `run_id`, the resumed run's record, continued."""
-    logger = RunLogger(
-        experiment_name=experiment,
-        run_name=run_name,
-        tracking_uri=tracking_uri(uri),
-        tags=tags,
-        log_model=False,  # MLflowRunRecord logs the best checkpoint itself
-        run_id=run_id,
-    )
-    if run_id is not None:
-        logger.continue_record()
+    with `run_id`, the resumed run's record, continued. Its store, experiment and run exist when
+    it returns (made under `store_lock`)."""
+    with store_lock(tracking_uri(uri)):
+        logger = RunLogger(
+            experiment_name=experiment,
+            run_name=run_name,
+            tracking_uri=tracking_uri(uri),
+            tags=tags,
+            log_model=False,  # MLflowRunRecord logs the best checkpoint itself
+            run_id=run_id,
+        )
+        if run_id is not None:
+            logger.continue_record()
+        else:
+            logger.run_id  # noqa: B018 - makes the experiment and the run now, under the lock
     return logger
 
 

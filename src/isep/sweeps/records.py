@@ -40,10 +40,13 @@ class SweepRecords:
     def __init__(self, uri: str, name: str) -> None:
         import mlflow
 
-        self.client = mlflow.MlflowClient(uri)
+        from isep.store_lock import store_lock
+
         self.name = name
-        experiment = self.client.get_experiment_by_name(name)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        with store_lock(uri):  # the store may be new, and another sweep or fit may start with it
+            self.client = mlflow.MlflowClient(uri)
+            experiment = self.client.get_experiment_by_name(name)
+            self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
 
     def parent_run(self, description: dict) -> str:
         """The sweep's parent run: the one from an earlier invocation of the same sweep, or a new one."""
