@@ -29,6 +29,23 @@ def run_isep(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
                           timeout=timeout)
 
 
+def isep_here(capfd, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`isep ARGS` through its entry point (`isep.cli.main`) in this process, returned as `run_isep`
+    returns it: for the many bad-input cases, which need no fresh interpreter (~5 s each). An
+    exception that escapes `main` (a user would see its traceback) fails the test."""
+    from isep.cli import main
+
+    capfd.readouterr()
+    here = Path.cwd()
+    os.chdir(cwd or here)
+    try:
+        code = main(list(args))
+    finally:
+        os.chdir(here)
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def tiny_fit(config: Path, root: Path, *extra: str) -> tuple[dict, dict]:
     """`isep fit` (the CLI's entry point, in this process) of a config shrunk by TINY to 20 updates,
     evaluated once at the end: its last checkpoint and its evaluation record."""

@@ -10,7 +10,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, SHARED_STORE, TINY
-from tests.helpers import run_isep
+from tests.helpers import isep_here, run_isep
 
 
 def read_metrics(root: Path) -> list[dict]:
@@ -66,22 +66,22 @@ def test_print_config_shows_the_resolved_values():
         (["--data.dataset", "toy/sparse-optimum", "--model.lam", "1.5"], "model.lam must lie in [0, 1)"),
     ],
 )
-def test_bad_config_is_a_clear_error(extra, message, empty_store):
-    out = run_isep("fit", "--config", str(CONFIGS / "walker_med.yaml"), *extra)
+def test_bad_config_is_a_clear_error(extra, message, empty_store, capfd):
+    out = isep_here(capfd, "fit", "--config", str(CONFIGS / "walker_med.yaml"), *extra)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_unknown_key_in_a_config_file(tmp_path):
+def test_unknown_key_in_a_config_file(tmp_path, capfd):
     bad = tmp_path / "bad.yaml"
     bad.write_text((CONFIGS / "walker_med.yaml").read_text().replace("  lam: 0.3", "  lamb: 0.3"))
-    out = run_isep("fit", "--config", str(bad), "--print_config")
+    out = isep_here(capfd, "fit", "--config", str(bad), "--print_config")
     assert out.returncode == 2 and "lamb" in out.stderr
 
 
-def test_missing_dataset_through_the_cli(empty_store):
-    out = run_isep("fit", "--config", str(CONFIGS / "hopper_med.yaml"))
+def test_missing_dataset_through_the_cli(empty_store, capfd):
+    out = isep_here(capfd, "fit", "--config", str(CONFIGS / "hopper_med.yaml"))
     assert out.returncode == 2
     assert "minari download mujoco/hopper/medium-v0" in out.stderr and str(empty_store) in out.stderr
 

@@ -15,7 +15,7 @@ import torch
 
 from isep.cli import main
 from tests.conftest import CONFIGS, TINY
-from tests.helpers import ISEP, CtrlCInCheckpoint, PauseAtStart, RecordFastMode, callback_arg, run_folders, run_isep, tree_digest
+from tests.helpers import ISEP, CtrlCInCheckpoint, PauseAtStart, RecordFastMode, callback_arg, isep_here, run_folders, run_isep, tree_digest
 
 TOY = ["--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--data.toy_size", "500",
        "--evaluation.every", "1"]
@@ -23,6 +23,15 @@ TOY = ["--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), *TINY, "--data
 
 def fit_args(root: Path, *extra: str) -> list[str]:
     return ["fit", *TOY, "--trainer.default_root_dir", str(root), *extra]
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> Path:
+    """The `last.ckpt` of a finished toy run, made once for the bad-checkpoint cases (read only)."""
+    root = tmp_path_factory.mktemp("good") / "runs"
+    assert main(fit_args(root, "--trainer.max_epochs", "2", "--mlflow.enabled", "false")) == 0
+    (ckpt,) = root.rglob("last.ckpt")
+    return ckpt
 
 
 @pytest.fixture
@@ -58,10 +67,10 @@ def one_error(out: subprocess.CompletedProcess, *needles: str) -> str:
 # -- a checkpoint that does not fit the command -------------------------------------------------------
 
 
-def test_a_checkpoint_with_other_settings_is_refused_with_every_difference(trained, tmp_path):
+def test_a_checkpoint_with_other_settings_is_refused_with_every_difference(trained, tmp_path, capfd):
     ckpt = trained / "checkpoints" / "last.ckpt"
     before = tree_digest(tmp_path)
-    out = run_isep(*fit_args(tmp_path / "runs", "--trainer.max_epochs", "3", "--ckpt_path", str(ckpt),
+    out = isep_here(capfd, *fit_args(tmp_path / "runs", "--trainer.max_epochs", "3", "--ckpt_path", str(ckpt),
                              "--model.actor", "flow", "--model.expectile", "0.9"), cwd=tmp_path)
     one_error(out, "model.actor: the checkpoint has 'gaussian', this command 'flow'", "model.expectile")
     assert tree_digest(tmp_path) == before
@@ -76,9 +85,9 @@ def test_a_longer_training_of_a_checkpoint_is_applied_and_said(trained, tmp_path
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test"])
 @pytest.mark.parametrize("kind", ["missing", "truncated", "text", "tensor"])
-def test_a_bad_checkpoint_file_is_one_line(command, kind, trained, tmp_path):
+def test_a_bad_checkpoint_file_is_one_line(command, kind, good_checkpoint, tmp_path, capfd):
     ckpt = tmp_path / f"{kind}.ckpt"
-    good = (trained / "checkpoints" / "last.ckpt").read_bytes()
+    good = good_checkpoint.read_bytes()
     if kind == "truncated":
         ckpt.write_bytes(good[: len(good) // 2])
     elif kind == "text":
@@ -86,20 +95,20 @@ def test_a_bad_checkpoint_file_is_one_line(command, kind, trained, tmp_path):
     elif kind == "tensor":
         torch.save(torch.zeros(3), ckpt)
     before = tree_digest(tmp_path)
-    out = run_isep(command, *TOY, "--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", str(ckpt),
-                   cwd=tmp_path)
+    out = isep_here(capfd, command, *TOY, "--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", str(ckpt),
+                    cwd=tmp_path)
     text = one_error(out, "--ckpt_path")
     assert "weights_only=False" not in text
     assert tree_digest(tmp_path) == before
 
 
-def test_validate_needs_a_checkpoint_and_prints_its_losses(trained, tmp_path):
-    out = run_isep("validate", *TOY, "--trainer.default_root_dir", str(tmp_path / "elsewhere"), "--ckpt_path", "last",
-                   cwd=tmp_path)
+def test_validate_needs_a_checkpoint_and_prints_its_losses(trained, tmp_path, capfd):
+    out = isep_here(capfd, "validate", *TOY, "--trainer.default_root_dir", str(tmp_path / "elsewhere"), "--ckpt_path",
+                    "last", cwd=tmp_path)
     one_error(out, "no run of these settings under", "has a checkpoint")
     assert not (tmp_path / "elsewhere").exists()
-    out = run_isep("validate", *TOY, "--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", "last",
-                   cwd=tmp_path)
+    out = isep_here(capfd, "validate", *TOY, "--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", "last",
+                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "isep validate:" in out.stdout and "critic/loss" in out.stdout
 
@@ -115,8 +124,8 @@ def test_validate_needs_a_checkpoint_and_prints_its_losses(trained, tmp_path):
     (["--model.critic_hidden", "[32, 0]"], "model.critic_hidden"),
     (["--model.lamda", "0.3"], "unrecognized arguments: --model.lamda"),
 ])
-def test_out_of_range_and_unknown_options_stop_at_parse_time(extra, message, tmp_path):
-    out = run_isep(*fit_args(tmp_path / "runs", *extra), cwd=tmp_path)
+def test_out_of_range_and_unknown_options_stop_at_parse_time(extra, message, tmp_path, capfd):
+    out = isep_here(capfd, *fit_args(tmp_path / "runs", *extra), cwd=tmp_path)
     text = one_error(out, message)
     assert len([line for line in text.splitlines() if line.strip()]) <= 4  # the message, not 95 lines of usage
     assert not any(tmp_path.iterdir())  # no run folder, no MLflow store
@@ -130,9 +139,9 @@ def test_out_of_range_and_unknown_options_stop_at_parse_time(extra, message, tmp
     ("foo://bar", "unknown scheme 'foo'"),
     ("http://127.0.0.1:9", "does not answer"),
 ])
-def test_a_bad_tracking_uri_fails_at_once(uri, message, tmp_path):
+def test_a_bad_tracking_uri_fails_at_once(uri, message, tmp_path, capfd):
     start = time.monotonic()
-    out = run_isep(*fit_args(tmp_path / "runs", "--mlflow.tracking_uri", uri), cwd=tmp_path)
+    out = isep_here(capfd, *fit_args(tmp_path / "runs", "--mlflow.tracking_uri", uri), cwd=tmp_path)
     one_error(out, message)
     assert time.monotonic() - start < 60  # not 255 s of retries
     assert not (tmp_path / "runs").exists()
