@@ -9,14 +9,11 @@ written beside the store. Other stores (servers, databases) serialise themselves
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-from filelock import FileLock
-
-LOCK_TIMEOUT_S = 300
 
 
 @contextlib.contextmanager
@@ -27,5 +24,6 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute()
     key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    with FileLock(Path(tempfile.gettempdir()) / f"isep-mlflow-{key}.lock", timeout=LOCK_TIMEOUT_S):
+    with open(Path(tempfile.gettempdir()) / f"isep-mlflow-{key}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # (as the run folders' `.isep.lock`; released when closed)
         yield
