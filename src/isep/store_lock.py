@@ -2,16 +2,15 @@
 
 MLflow does each of these in several statements; fits started together on a fresh store otherwise
 fail inside its migrations ("duplicate column name: step", "table latest_metrics already exists").
-The lock is a file in the temporary directory named by the store's absolute path, so nothing is
-written beside the store. Other stores (servers, databases) serialise themselves: no lock.
+The lock is an `flock` (as the run folders' `.isep.lock`) on the store's folder itself, so nothing
+is written for it. Other stores (servers, databases) serialise themselves: no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import tempfile
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +18,13 @@ from pathlib import Path
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Held around the first use of the store at `uri` (a resolved tracking URI)."""
-    if not uri.startswith("sqlite:///"):
+    folder = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute().parent if uri.startswith("sqlite:///") else None
+    if folder is None or not folder.is_dir():  # (no folder: MLflow's own error says so)
         yield
         return
-    path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute()
-    key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"isep-mlflow-{key}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # (as the run folders' `.isep.lock`; released when closed)
+    handle = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)  # not inherited by the processes a fit starts
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(handle)
