@@ -164,6 +164,9 @@ class CtrlCInCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.current_epoch == self.epoch:
+            # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a
+            # non-interactive shell (CI, nohup) inherits SIGINT ignored, and would train on.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGINT)
 
 

@@ -45,7 +45,7 @@ def workdir(tmp_path_factory):
 
 def sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """`isep sweep` as a user runs it, in `workdir` (its ./mlflow.db, ./runs)."""
-    return run_isep("sweep", *args, cwd=workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}, timeout=600)
+    return run_isep("sweep", *args, cwd=workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}, timeout=1200)
 
 
 def client(workdir: Path):
@@ -215,7 +215,7 @@ def test_guidance_evaluation_errors(tmp_path, capsys):
 
 def figure(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """`isep figure` as a user runs it, in `workdir`."""
-    return run_isep("figure", *args, cwd=workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}, timeout=600)
+    return run_isep("figure", *args, cwd=workdir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}, timeout=1200)
 
 
 def test_figure_2_on_a_small_sweep(workdir):
