@@ -12,7 +12,8 @@ import warnings
 LIGHTNING_INFO = re.compile(
     r"^(💡 Tip: |GPU available: |TPU available: |HPU available: |Loading `train_dataloader` to estimate|"
     r"`Trainer\.(fit|validate|test)` stopped: |Restored all states from the checkpoint|Seed set to |"
-    r"Experiment with name .* not found\. Creating it\.)"
+    r"Experiment with name .* not found\. Creating it\.|Using (bfloat16|16bit) Automatic Mixed Precision|"
+    r"Restoring states from the checkpoint path at )"
 )
 WARNINGS = (  # (message regex, module regex) of warnings that say nothing to an isep user
     (r"LightningCLI's args parameter is intended to run from within Python", r"lightning\.pytorch\.cli"),
