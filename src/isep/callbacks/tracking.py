@@ -79,11 +79,12 @@ def make_mlflow_logger(experiment: str, run_name: str, uri: str | None, tags: di
     """A `RunLogger` with an explicit URI (MLFlowLogger's default is read at import and fails);
     with `run_id`, the resumed run's record, continued. Its store, experiment and run exist when
     it returns (made under `store_lock`)."""
-    with store_lock(tracking_uri(uri)):
+    uri = tracking_uri(uri)
+    with store_lock(uri):
         logger = RunLogger(
             experiment_name=experiment,
             run_name=run_name,
-            tracking_uri=tracking_uri(uri),
+            tracking_uri=uri,
             tags=tags,
             log_model=False,  # MLflowRunRecord logs the best checkpoint itself
             run_id=run_id,
@@ -137,8 +138,7 @@ class RunCSVLogger(CSVLogger):
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(rows)
-        self.experiment.metrics_keys = list(fields)  # Lightning's writer appends under the same header
+            writer.writerows(rows)  # (the writer, a `_ContinuingWriter`, appends under this header)
 
 
 def check_tracking_uri(uri: str | None) -> str:

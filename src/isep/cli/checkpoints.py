@@ -105,13 +105,14 @@ def resume_precision(plain: dict, root: Path, ckpt: str | None, default: str,
     the default applies."""
     import copy
 
+    from isep.precision import SUPPORTED
     from isep.runs import choose_run_dir, run_key
 
     if not ckpt:
         return None
     if ckpt != "last":
         return trained_precision(checkpoint if checkpoint is not None else read_checkpoint(ckpt))
-    for precision in dict.fromkeys((default, "32-true", "bf16-mixed")):
+    for precision in dict.fromkeys((default, *SUPPORTED)):
         config = copy.deepcopy(plain)
         config.setdefault("trainer", {})["precision"] = precision
         if (choose_run_dir(root / run_key(config), resume=True) / "checkpoints" / "last.ckpt").is_file():
