@@ -188,8 +188,7 @@ def test_fits_started_together_on_a_new_store_all_get_their_records(tmp_path):
 
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
-    (tmp_path / "new").mkdir()
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"  # (its folder does not exist either)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(3), ctx.Queue()
     procs = [ctx.Process(target=open_record_together, args=(uri, barrier, results)) for _ in range(3)]

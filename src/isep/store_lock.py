@@ -19,7 +19,12 @@ from pathlib import Path
 def store_lock(uri: str) -> Iterator[None]:
     """Held around the first use of the store at `uri` (a resolved tracking URI)."""
     folder = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute().parent if uri.startswith("sqlite:///") else None
-    if folder is None or not folder.is_dir():  # (no folder: MLflow's own error says so)
+    try:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)  # (MLflow makes it too, unlocked)
+    except OSError:
+        folder = None  # an unwritable place: MLflow's own error says so
+    if folder is None:
         yield
         return
     handle = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)  # not inherited by the processes a fit starts
