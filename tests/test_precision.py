@@ -161,3 +161,17 @@ def test_compare_tells_precisions_apart_and_old_fp32_runs_from_new_ones_not():
     bf16 = _precision_settings({}, {"trainer.precision": "bf16-mixed", "model.bf16_parts": "sampler"})
     assert old == new == {"trainer.precision": "32-true", "model.tf32": "False", "model.bf16_parts": "safe"}
     assert bf16["trainer.precision"] == "bf16-mixed" and bf16["model.bf16_parts"] == "sampler"
+
+
+@pytest.mark.parametrize("flags, units", [
+    ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"),   # Intel Sapphire Rapids: both, AMX named
+    ("fpu avx512f avx512_bf16 avx512_vnni", "AVX-512 BF16"),  # AMD Zen 4
+    ("fpu avx2 fma", ""),
+])
+def test_the_cpus_bf16_units_are_read_from_its_flags(flags, units, tmp_path):
+    from isep.precision import cpu_bf16_units
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_bf16_units(str(cpuinfo)) == units
+    assert cpu_bf16_units(str(tmp_path / "absent")) == ""

@@ -102,14 +102,31 @@ def native_bf16(device: torch.device) -> bool:
     a CPU with AMX or AVX-512 BF16 (read from /proc/cpuinfo)."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type != "cpu":
-        return False
+    return device.type == "cpu" and bool(cpu_bf16_units())
+
+
+def cpu_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This CPU's bf16 matrix units as named in /proc/cpuinfo: "AMX" (Intel Sapphire Rapids and newer:
+    bf16 matmuls ~7× fp32), "AVX-512 BF16" (e.g. AMD Zen 4: ~2.5-3×), or "" (none, or not Linux)."""
+    flags = set(_cpuinfo_field("flags", cpuinfo).split())
+    return "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    return _cpuinfo_field("model name")
+
+
+def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+        pass
+    return ""
 
 
 # Where bf16 is native, `--trainer.precision` defaults to this: the fastest setting that passed the

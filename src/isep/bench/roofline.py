@@ -2,7 +2,9 @@
 the measured matrix-product peak of the dtype the update multiplies in, per precision.
 
 - Peak: GFLOP/s of a 512 × 512 × 512 matmul in fp32 and bf16 on the device, measured in the same
-  run (a quiet core of this project's CPU: fp32 ≈ 180, bf16 ≈ 1,230 with AMX).
+  run, with the hardware it ran on (the CPU's model and bf16 units: an Intel core with AMX gave
+  fp32 ≈ 180, bf16 ≈ 1,230 GFLOP/s; the AMD EPYC (Zen 4, AVX-512 BF16, no AMX) this project ran
+  on on 2026-12-02, quiet, gave ≈ 80-90 and ≈ 215: the bf16 gain is a property of the CPU).
 - FLOP per update: counted by `torch.utils.flop_counter` from the shapes of every matrix product of
   one eager update (forward and backward), split into the a_π sampler and the rest; nothing is
   estimated.
@@ -84,8 +86,16 @@ def ideal_seconds(flops: dict[str, float], precision: str, parts: str, peaks: di
     return (low / peaks["bf16"] + (flops["total"] - low) / peaks["fp32"]) / 1e9
 
 
-def peaks_of(device: str) -> dict[str, float]:
-    return {"fp32": round(matmul_peak(torch.float32, device), 1), "bf16": round(matmul_peak(torch.bfloat16, device), 1)}
+def peaks_of(device: str) -> dict:
+    """The measured fp32 and bf16 peaks of `device`, and what it is (they differ 3× between CPUs)."""
+    from isep.precision import cpu_bf16_units, cpu_model
+
+    if device.startswith("cuda"):
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{cpu_model() or 'CPU'}, bf16 units: {cpu_bf16_units() or 'none'}"
+    return {"fp32": round(matmul_peak(torch.float32, device), 1), "bf16": round(matmul_peak(torch.bfloat16, device), 1),
+            "hardware": hardware}
 
 
 def markdown(rows: list[dict], peaks: dict[str, dict[str, float]]) -> list[str]:
@@ -97,7 +107,7 @@ def markdown(rows: list[dict], peaks: dict[str, dict[str, float]]) -> list[str]:
                      f"{r['updates_per_s']} | {r['gflop_per_update']} ({r['sampler_share']:.0%}) | {r['gflop_per_s']} | "
                      f"{r['roofline']:.0%} |")
     for device, p in peaks.items():
-        lines.append(f"\nMeasured matmul peak on {device} (512³, same run): fp32 {p['fp32']} GFLOP/s, bf16 {p['bf16']} GFLOP/s. "
+        lines.append(f"\nMeasured matmul peak on {device} ({p.get('hardware', '?')}; 512³, same run): fp32 {p['fp32']} GFLOP/s, bf16 {p['bf16']} GFLOP/s. "
                      "Roofline: the time of the update's matrix products at those peaks (each at the peak of its dtype) "
                      "over the update's measured time, optimizer and element-wise work included.")
     return lines

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 
 from isep.bench.report import markdown
-from isep.precision import SUPPORTED
+from isep.precision import SUPPORTED, cpu_bf16_units, cpu_model
 
 OBS_DIM, ACT_DIM, BATCH = 17, 6, 256  # walker2d
 PAPER = {  # walker2d-medium-v2, Appendix C Tables 3 and 4
@@ -371,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result["meta"] = {"torch": torch.__version__, "lightning": lightning.__version__, "threads": args.threads,
                       "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                      "cpu_model": cpu_model(), "cpu_bf16_units": cpu_bf16_units() or None,
                       "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                       "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(args.out)
