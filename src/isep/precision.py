@@ -133,7 +133,8 @@ def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:
 # fidelity check of README "Precision" (fp32 against bf16-mixed, 3 seeds × 4 variants on
 # local/halfcheetah/medium-v0, `benchmarks/precision_fidelity.py`). bf16-mixed has not passed it
 # (the Gaussian actor at λ 0.3 scored 2.5 points lower on the final evaluation, a CI excluding 0 at
-# 3 seeds; ISEP-FM at λ 0.3 has 2 bf16 seeds so far), so the default stays fp32 and bf16 is a choice.
+# 3 seeds; the other three variants, ISEP-FM λ 0.3 included, agree within seed noise), so the
+# default stays fp32 and bf16 is a choice.
 NATIVE_DEFAULT = "32-true"
 
 
