@@ -4,7 +4,7 @@ the measured matrix-product peak of the dtype the update multiplies in, per prec
 - Peak: GFLOP/s of a 512 × 512 × 512 matmul in fp32 and bf16 on the device, measured in the same
   run, with the hardware it ran on (the CPU's model and bf16 units: an Intel core with AMX gave
   fp32 ≈ 180, bf16 ≈ 1,230 GFLOP/s; the AMD EPYC (Zen 4, AVX-512 BF16, no AMX) this project ran
-  on on 2026-12-02, quiet, gave ≈ 80-90 and ≈ 215: the bf16 gain is a property of the CPU).
+  on on 2026-12-02, quiet, gave 78-92 and 215-219: the bf16 gain is a property of the CPU).
 - FLOP per update: counted by `torch.utils.flop_counter` from the shapes of every matrix product of
   one eager update (forward and backward), split into the a_π sampler and the rest; nothing is
   estimated.
