@@ -121,7 +121,8 @@ def log_to_mlflow(run_dir: Path, records: list[dict], step: int, uri: str | None
                           f"({type(err).__name__}); point --mlflow.tracking_uri at the run's store, or pass --no-mlflow") from err
     metrics = []
     for r in records:
-        for key in ("eval/normalized_score", "eval/return_mean", "eval/return_std", "eval/expected_reward"):
+        for key in ("eval/normalized_score", "eval/return_mean", "eval/return_std", "eval/expected_reward",
+                    "eval/share_near_optimum"):
             if key in r:
                 name = f"eval/guidance/{r['guidance']:g}/{key.split('/', 1)[1]}"
                 metrics.append(mlflow.entities.Metric(name, float(r[key]), int(time.time() * 1000), step))

@@ -19,7 +19,7 @@ VARIANTS = (
     ("sparse_cfgrl.yaml", "λ = 0 (CFGRL)"),
     ("sparse_isep_fm.yaml", "ISEP-FM"),
 )
-OPTIMUM, SUBOPTIMUM, NEAR = (0.5, 0.5), (-0.5, -0.5), 0.3
+SUBOPTIMUM = (-0.5, -0.5)
 
 
 def train_variant(config: Path, root: Path, extra: Sequence[str] = ()):
@@ -43,11 +43,10 @@ def policy_summary(model, bandit, n: int = 2000) -> dict:
     obs = torch.zeros(n, 1)
     actions = model.agent.act(obs, stochastic=True).cpu()
     reward = bandit.reward(actions)
-    near = lambda c: ((actions - torch.tensor(c)).norm(dim=-1) < NEAR).float().mean().item()  # noqa: E731
     summary = {
         "expected_reward": reward.mean().item(),
-        "share_near_optimum": near(OPTIMUM),
-        "share_near_suboptimum": near(SUBOPTIMUM),
+        "share_near_optimum": bandit.share_near(actions).item(),
+        "share_near_suboptimum": bandit.share_near(actions, SUBOPTIMUM).item(),
         "samples": actions.numpy(),
     }
     if model.hparams.actor == "gaussian":  # what IQL deploys: the mean action

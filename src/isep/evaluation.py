@@ -140,13 +140,18 @@ def rollout(
     return [RolloutResult(np.asarray(returns[r]), np.asarray(lengths[r]), list(seeds)) for r in range(runs)]
 
 
-def toy_expected_reward(model, bandit, n: int = 1000, guidance: float | None = None,
-                        generators: list[torch.Generator] | None = None) -> list[float]:
-    """Expected reward of `n` policy samples on a toy bandit (its exact reward function), per run."""
+TOY_SAMPLES = 2000  # policy samples per toy evaluation (E[r]'s standard error ≈ 0.01 at these rewards)
+
+
+def toy_policy_metrics(model, bandit, n: int = TOY_SAMPLES, guidance: float | None = None,
+                       generators: list[torch.Generator] | None = None) -> list[dict[str, float]]:
+    """Per run, on a toy bandit: the expected reward of `n` policy samples (its exact reward
+    function; `eval/expected_reward`) and the share of them near the optimum (`eval/share_near_optimum`)."""
     runs = getattr(model, "runs", 1)
     obs = torch.zeros(n, 1) if runs == 1 else torch.zeros(runs, n, 1)
     actions = model.act(obs, guidance=guidance, stochastic=True, generators=generators).cpu().reshape(runs, n, -1)
-    return [float(r) for r in bandit.reward(actions).mean(-1)]
+    rewards, near = bandit.reward(actions).mean(-1), bandit.share_near(actions)
+    return [{"eval/expected_reward": float(r), "eval/share_near_optimum": float(s)} for r, s in zip(rewards, near)]
 
 
 class Evaluator:
@@ -198,8 +203,8 @@ class Evaluator:
         generators seeded with `seed`."""
         if getattr(dm, "toy", None) is None:
             return self.rollouts(agent, dm.ref_scores)
-        rewards = toy_expected_reward(agent, dm.toy, guidance=self.guidance, generators=agent.generators(self.seed))
-        return [({"eval/expected_reward": r, "eval/score": r}, {"eval/expected_reward": r, "eval/score": r}) for r in rewards]
+        per_run = toy_policy_metrics(agent, dm.toy, guidance=self.guidance, generators=agent.generators(self.seed))
+        return [({**m, "eval/score": m["eval/expected_reward"]},) * 2 for m in per_run]
 
     def rollouts(self, agent, ref_scores: tuple[float, float] | None) -> list[tuple[dict, dict]]:
         """`episodes` rollouts of each run's policy (after `prepare`), all runs stepped in one vector
@@ -239,7 +244,7 @@ class Evaluator:
 
 def evaluate(agent, data, **settings) -> list[dict]:
     """Each run's evaluation metrics (`eval/normalized_score`, `eval/return_mean`, …, or a toy
-    bandit's `eval/expected_reward`) of `agent` on `data`'s task (a set-up `D4RLDataModule`);
+    bandit's `eval/expected_reward` and `eval/share_near_optimum`) of `agent` on `data`'s task (a set-up `D4RLDataModule`);
     `settings` are `Evaluator`'s."""
     evaluator = Evaluator(**settings)
     evaluator.prepare_for(data, agent.obs_dim, agent.act_dim)

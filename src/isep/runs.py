@@ -26,9 +26,9 @@ RUN_ID_FILE = "mlflow_run_id"  # in a run's folder: its MLflow run, which a resu
 HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
 # Settings added after runs existed: at these values (a checkpoint without them had them) a run
 # keeps the key it had, and a resume of an older checkpoint sees no difference.
-ADDED = {"model.tf32": False, "model.bf16_parts": "safe"}
+ADDED = {"model.tf32": False, "model.bf16_parts": "safe", "model.policy_guidance": None, "model.policy_flow_steps": None}
 _UNSET = object()
-STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_mix": str, "seed": int}
+STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_guidance": float, "policy_mix": str, "seed": int}
 
 
 def flat(prefix: str, value) -> dict:

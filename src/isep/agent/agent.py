@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from isep.agent.config import AgentConfig
-from isep.agent.hooks import TargetEMAUpdate, UpdateHook
+from isep.agent.hooks import TargetEMAUpdate, UpdateHook, twin_active
 from isep.agent.losses import LossesMixin
 from isep.fast import AcceleratedStep, Mode
 from isep.models import GaussianActor, TwinQ, ValueFunction, VelocityField, guided_sample
+from isep.models.flow import one_branch_labels
 from isep.optim import AdamMoments, StackedAdam
 from isep.precision import plan_for
 from isep.rng import Draws, run_keys
@@ -102,6 +103,12 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.register_buffer("expectile", floats("expectile").view(r, 1))
         self.register_buffer("beta", floats("beta").view(r, 1))
         self.register_buffer("guidance", floats("guidance").view(r, 1, 1))
+        # The a_π draw (flow actor): its guidance per run and, when every run's is 0 or 1, the one
+        # branch each run needs (host-side facts from the config: the step specialises on them).
+        self.draw_weights = config.draw_guidance()
+        self.draw_steps = config.draw_steps()
+        self.register_buffer("draw_guidance", torch.tensor(self.draw_weights).view(r, 1, 1), persistent=False)
+        self.register_buffer("draw_labels", self._labels(self.draw_weights), persistent=False)
         self.register_buffer("deterministic", torch.tensor([m == "deterministic" for m in config.per_run("policy_mix")]).view(r, 1))
         self.register_buffer("keys", run_keys(self.seeds))
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))  # updates done; keys the draws
@@ -124,6 +131,12 @@ class ISEPAgent(LossesMixin, nn.Module):
         if self.actor_kind == "gaussian":
             names += ["actor/weight_mean", "actor/log_std_mean"]
         return names + ["actor/loss", "critic/loss", "q/mean", "q/max", "q/min", "lr_actor"]
+
+    @staticmethod
+    def _labels(weights: Sequence[float]) -> torch.Tensor | None:
+        """(R, 1) long: each run's one sampler branch when every w is 0 or 1 (`one_branch_labels`)."""
+        labels = one_branch_labels(weights)
+        return None if labels is None else torch.tensor(labels).view(-1, 1)
 
     @property
     def device(self) -> torch.device:
@@ -198,21 +211,17 @@ class ISEPAgent(LossesMixin, nn.Module):
         count = (self.updates + 1).to(torch.float32)
         lr_factor = self.actor_lr_factor()
         # Masks only once a run is frozen (a host-side fact: the compiled step specialises on it).
-        active, twin_active = (self.active, self.twin_active()) if self.failures else (None, None)
+        active, twins = (self.active, twin_active(self.active)) if self.failures else (None, None)
         targets = self.targets(batch, draws)
         v_loss, info = self.value_loss(batch, targets, draws)
         self._descend(value_opt, v_loss, count, 1.0, active)
         a_loss, a_info = self.actor_loss(batch, targets, draws)
         self._descend(actor_opt, a_loss, count, lr_factor, active)
         c_loss, c_info = self.critic_loss(batch)
-        self._descend(critic_opt, c_loss, count, 1.0, twin_active)
+        self._descend(critic_opt, c_loss, count, 1.0, twins)
         lr = actor_opt.param_groups[0]["lr"] * lr_factor
         lr = lr.expand(self.runs) if torch.is_tensor(lr) else torch.full((self.runs,), lr, device=self.device)
         return {**info, **a_info, **c_info, "lr_actor": lr}
-
-    def twin_active(self) -> torch.Tensor:
-        """`active` per critic member (2 per run), as views (no data-dependent sizes)."""
-        return self.active.unsqueeze(1).expand(self.runs, 2).reshape(-1)
 
     def train_step(self) -> None:
         """One update of every run: a batch drawn on the device, V → actor → twin Q, the per-update
@@ -262,8 +271,10 @@ class ISEPAgent(LossesMixin, nn.Module):
             if self.actor_kind == "gaussian":
                 a = self.actor.sample(obs, noise, self.precision.sampler)
                 return torch.maximum(torch.minimum(a, self.action_high), self.action_low)
-            return guided_sample(self.actor, obs, self.config.flow_steps, self.guidance, noise, self.action_low,
-                                 self.action_high, self.precision.sampler)
+            # (the draw's guidance and steps are `policy_guidance` / `policy_flow_steps`, by default the trained ones)
+            guidance = self.guidance if self.config.policy_guidance is None else self.draw_guidance
+            return guided_sample(self.actor, obs, self.draw_steps, guidance, noise, self.action_low, self.action_high,
+                                 self.precision.sampler, self.draw_labels)
 
     @torch.no_grad()
     def act(
@@ -293,7 +304,10 @@ class ISEPAgent(LossesMixin, nn.Module):
             a = self.actor.sample(obs, noise, self.precision.sampler) if stochastic else self.actor.mode(obs, self.precision.actor)
         else:
             w = self.guidance if guidance is None else guidance
-            a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise, layers=self.precision.sampler)
+            weights = self.config.per_run("guidance") if guidance is None else [guidance] * self.runs
+            labels = self._labels(weights)
+            a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise, layers=self.precision.sampler,
+                              labels=None if labels is None else labels.to(self.device))
         a = torch.maximum(torch.minimum(a, self.action_high), self.action_low)
         return a.reshape(*lead, a.shape[-1]) if self.runs == 1 else a
 

@@ -19,7 +19,9 @@ Actor = Literal["gaussian", "flow"]
 PolicyMix = Literal["stochastic", "deterministic", "weighted_sum"]
 POLICY_MIXES = ("stochastic", "deterministic", "weighted_sum")
 # The fields a stack of runs may vary (one value per run); `seed` is the run's seed.
-STACK_FIELDS = ("lam", "expectile", "beta", "guidance", "policy_mix", "seed")
+STACK_FIELDS = ("lam", "expectile", "beta", "guidance", "policy_guidance", "policy_mix", "seed")
+# The a_π draw's guidance lies in this range (w = 10 already extrapolates far past the data).
+POLICY_GUIDANCE_RANGE = (0.0, 10.0)
 
 
 def stack_length(values: dict[str, Any]) -> int:
@@ -52,6 +54,10 @@ class AgentConfig:
         expectile: τ of the expectile loss (Eq. 2; IQL's expectile).
         beta: AWR inverse temperature β of the Gaussian actor (Eq. 5); 0 with λ = 0 is BC.
         guidance: classifier-free guidance weight w of the flow actor (Eq. 7).
+        policy_guidance: the guidance of the flow actor's a_π draw during training (Eqs. 2, 5-6; the
+            paper says only "sampled from the current policy"); None = the trained `guidance` w.
+            At 1 (the + branch alone) or 0 (∅ alone) the sampler runs one branch: half the products.
+        policy_flow_steps: Euler steps of the a_π draw during training; None = `flow_steps`.
         policy_mix: how the actor's targets combine a and a_π: `stochastic` (a Bernoulli(λ) selection,
             Eq. 5), `deterministic` (one term at ā = (1 − λ)a + λa_π, Figure 7's baseline) or
             `weighted_sum` (Eq. 26: both terms, weighted 1 − λ and λ).
@@ -88,9 +94,11 @@ class AgentConfig:
     expectile: float | list[float] = 0.7
     beta: float | list[float] = 3.0
     guidance: float | list[float] = 1.0
+    policy_guidance: float | None | list[float | None] = None
     policy_mix: PolicyMix | list[PolicyMix] = "stochastic"
     seed: int | list[int] | None = None
     flow_steps: int = 10  # FQL: 10, CFGRL: 16
+    policy_flow_steps: int | None = None
     value_policy_loss: Literal["mse", "expectile"] = "mse"
     value_mix: Literal["expectation", "bernoulli"] = "expectation"
     clip_policy_q: bool = False
@@ -135,8 +143,13 @@ class AgentConfig:
             raise ConfigError(f"model.actor must be 'gaussian' or 'flow', got {self.actor!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.target_update_rate <= 1.0:
             raise ConfigError("model.gamma must lie in [0, 1] and model.target_update_rate in (0, 1]")
-        if self.flow_steps < 1:
-            raise ConfigError("model.flow_steps must be at least 1")
+        if self.flow_steps < 1 or (self.policy_flow_steps is not None and self.policy_flow_steps < 1):
+            raise ConfigError(f"model.flow_steps and model.policy_flow_steps must be at least 1, got "
+                              f"{self.flow_steps}, {self.policy_flow_steps}")
+        low, high = POLICY_GUIDANCE_RANGE
+        if not all(w is None or low <= float(w) <= high for w in self.per_run("policy_guidance")):
+            raise ConfigError(f"model.policy_guidance must lie in [{low:g}, {high:g}] (or be null: the trained "
+                              f"guidance), got {self.policy_guidance}")
         if not all(math.isfinite(float(x)) and float(x) >= 0 for x in self.per_run("beta") + self.per_run("guidance")):
             raise ConfigError(f"model.beta and model.guidance must be finite and ≥ 0, got {self.beta}, {self.guidance}")
 
@@ -148,6 +161,14 @@ class AgentConfig:
     def per_run(self, name: str) -> list:
         """The value of `name` for each of the `runs` runs."""
         return _per_run(name, getattr(self, name), self.runs)
+
+    def draw_guidance(self) -> list[float]:
+        """Per run, the guidance of the a_π draw: `policy_guidance`, else the trained `guidance`."""
+        return [float(w if w is not None else g) for w, g in zip(self.per_run("policy_guidance"), self.per_run("guidance"))]
+
+    def draw_steps(self) -> int:
+        """Euler steps of the a_π draw: `policy_flow_steps`, else `flow_steps`."""
+        return self.policy_flow_steps or self.flow_steps
 
     def seeds(self) -> list[int]:
         return [int(s) for s in self.per_run("seed")]

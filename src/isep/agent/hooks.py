@@ -8,16 +8,29 @@ branch on a tensor's value. `ISEPAgent.set_update_hook(name, hook)` installs or 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
+from torch import nn
 
 from isep.errors import ConfigError
 
-if TYPE_CHECKING:
-    from isep.agent.agent import ISEPAgent
 
-UpdateHook = Callable[["ISEPAgent"], None]
+class Trained(Protocol):
+    """What a hook may read of the agent (`ISEPAgent` is one): this module does not import the agent."""
+
+    critic: nn.Module
+    target_critic: nn.Module
+    active: torch.Tensor
+    failures: dict[int, str]
+
+
+UpdateHook = Callable[[Trained], None]
+
+
+def twin_active(active: torch.Tensor) -> torch.Tensor:
+    """(R,) `active` per critic member (2 per run: the twins), as views (no data-dependent sizes)."""
+    return active.unsqueeze(1).expand(active.shape[0], 2).reshape(-1)
 
 
 class TargetEMAUpdate:
@@ -29,12 +42,12 @@ class TargetEMAUpdate:
         self.rate = float(rate)
 
     @torch.no_grad()
-    def __call__(self, agent: "ISEPAgent") -> None:
+    def __call__(self, agent: Trained) -> None:
         targets, online = list(agent.target_critic.parameters()), list(agent.critic.parameters())
         if not agent.failures:  # a host-side fact: the compiled step specialises on it
             torch._foreach_lerp_(targets, online, self.rate)
             return
-        rate = (self.rate * agent.twin_active().to(torch.float32)).view(-1, 1, 1)
+        rate = (self.rate * twin_active(agent.active).to(torch.float32)).view(-1, 1, 1)
         for target, source in zip(targets, online):
             target.lerp_(source, rate)
 

@@ -37,6 +37,8 @@ class ReferenceISEP:
         beta: float = 3.0,
         guidance: float = 1.0,
         flow_steps: int = 10,
+        policy_guidance: float | None = None,
+        policy_flow_steps: int | None = None,
         hidden: Sequence[int] = (256, 256),
         actor_hidden: Sequence[int] | None = None,
         gamma: float = 0.99,
@@ -46,6 +48,9 @@ class ReferenceISEP:
     ) -> None:
         self.actor_kind, self.lam, self.expectile, self.beta, self.guidance = actor, lam, expectile, beta, guidance
         self.flow_steps, self.gamma, self.tau, self.act_dim, self.device = flow_steps, gamma, tau, act_dim, device
+        # the a_π draw's guidance and Euler steps (default: the trained ones)
+        self.draw_guidance = guidance if policy_guidance is None else policy_guidance
+        self.draw_steps = policy_flow_steps or flow_steps
         self.q1 = _mlp(obs_dim + act_dim, hidden, 1).to(device)
         self.q2 = _mlp(obs_dim + act_dim, hidden, 1).to(device)
         self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
@@ -69,17 +74,25 @@ class ReferenceISEP:
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """a_π: a Gaussian draw, or the guided Euler sampler at the draw's guidance (at w = 1 or 0
+        only the + or the ∅ velocity, the other term being multiplied by zero)."""
         if self.actor_kind == "gaussian":
             mean = torch.tanh(self.pi(obs))
             return (mean + torch.randn_like(mean) * self.log_std.clamp(-5, 2).exp()).clamp(-1, 1)
-        b = obs.shape[0]
+        b, w, steps = obs.shape[0], self.draw_guidance, self.draw_steps
         x = torch.randn(b, self.act_dim, device=obs.device)
         null = torch.zeros(b, dtype=torch.long, device=obs.device)
         pos = torch.full((b,), 2, dtype=torch.long, device=obs.device)
-        for k in range(self.flow_steps):
-            t = torch.full((b,), k / self.flow_steps, device=obs.device)
-            v_null, v_pos = self._velocity(x, t, obs, null), self._velocity(x, t, obs, pos)
-            x = x + (v_null + self.guidance * (v_pos - v_null)) / self.flow_steps
+        for k in range(steps):
+            t = torch.full((b,), k / steps, device=obs.device)
+            if w == 1.0:
+                v = self._velocity(x, t, obs, pos)
+            elif w == 0.0:
+                v = self._velocity(x, t, obs, null)
+            else:
+                v_null, v_pos = self._velocity(x, t, obs, null), self._velocity(x, t, obs, pos)
+                v = v_null + w * (v_pos - v_null)
+            x = x + v / steps
         return x.clamp(-1, 1)
 
     def _q_target(self, obs, act):

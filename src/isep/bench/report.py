@@ -33,6 +33,10 @@ def markdown(result: dict) -> str:
         from isep.bench.roofline import markdown as precision_markdown
 
         lines += precision_markdown(result["precision"], result["matmul_peaks"])
+    if result.get("draws"):
+        from isep.bench.draw import markdown as draw_markdown
+
+        lines += draw_markdown(result["draws"])
     if result["evaluation"]:
         lines += ["", "| device | actor (hidden) | precision | env | envs | env steps/s |", "|---|---|---|---|---|---|"]
         lines += [f"| {e['device']} | {e['actor']} {tuple(e['actor_hidden'])} | {e.get('precision', '32-true')} | "

@@ -69,8 +69,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def settings(actor: str, lam: float, runs: int = 1) -> dict:
-    kw = {**PAPER[actor], "lam": lam}
+def settings(actor: str, lam: float, runs: int = 1, **extra) -> dict:
+    """The paper's walker2d settings of `actor` at `lam` (a stack of `runs` seeds), with `extra` settings."""
+    kw = {**PAPER[actor], "lam": lam, **extra}
     if runs > 1:
         kw = {**kw, "lam": [lam] * runs, "seed": list(range(runs))}
     return kw
@@ -84,19 +85,19 @@ def build_module(actor: str, lam: float, fast: bool, runs: int = 1):
                       fast=fast, **settings(actor, lam, runs))
 
 
-def build_agent(actor: str, lam: float, runs: int = 1):
-    """The bench's `ISEPAgent` (the module's settings), with its data statistics."""
+def build_agent(actor: str, lam: float, runs: int = 1, **extra):
+    """The bench's `ISEPAgent` (the module's settings, and `extra` ones), with its data statistics."""
     from isep.agent import ISEPAgent
 
-    agent = ISEPAgent(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], **settings(actor, lam, runs))
+    agent = ISEPAgent(OBS_DIM, ACT_DIM, actor=actor, actor_hidden=ACTOR_HIDDEN[actor], **settings(actor, lam, runs, **extra))
     agent.set_data_stats(**data_stats())
     return agent
 
 
-def make_agent(actor: str, lam: float, device: str, total: int, runs: int = 1):
+def make_agent(actor: str, lam: float, device: str, total: int, runs: int = 1, **extra):
     """The agent ready for a plain loop, set up as `Trainer.fit(max_steps=total)` sets it up: data
     statistics, a cosine schedule over `total` updates, the resident dataset. No Lightning."""
-    agent = build_agent(actor, lam, runs).to(device)
+    agent = build_agent(actor, lam, runs, **extra).to(device)
     agent.plan(total)
     agent.attach_data(walker_buffer(device), BATCH)
     return agent
@@ -123,12 +124,13 @@ def timed_windows(call: Callable[[], None], updates: int, windows: int, device: 
     return rates
 
 
-def reference_step(actor: str, lam: float, device: str) -> Callable[[], None]:
+def reference_step(actor: str, lam: float, device: str, **extra) -> Callable[[], None]:
     """One `ReferenceISEP` update on a batch drawn the CORL way (`torch.randint` on the device) from
-    the same data as the module's."""
+    the same data as the module's (with the same `extra` settings)."""
     from isep.bench.reference import ReferenceISEP
 
-    ref = ReferenceISEP(OBS_DIM, ACT_DIM, actor, actor_hidden=ACTOR_HIDDEN[actor], device=device, **settings(actor, lam))
+    ref = ReferenceISEP(OBS_DIM, ACT_DIM, actor, actor_hidden=ACTOR_HIDDEN[actor], device=device,
+                        **settings(actor, lam, **extra))
     buffer = walker_buffer(device)
 
     def step() -> None:
@@ -276,15 +278,19 @@ def median(result: dict) -> float:
 
 def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool, kernels: bool,
         evaluation: bool, stacks: Sequence[int] = (), processes: int = 0, updates: bool = True,
-        precisions: bool = True, log: Callable[[str], None] = print) -> dict:
+        precisions: bool = True, draws: bool = True, log: Callable[[str], None] = print) -> dict:
     """Every measurement for `devices` × `actors`: the update (`updates`), stacked runs (`stacks`),
-    N processes against N stacked runs (`processes`, CPU), evaluation speed (`evaluation`), and
-    each precision against the measured matmul peaks (`precisions`, `isep.bench.roofline`)."""
+    N processes against N stacked runs (`processes`, CPU), evaluation speed (`evaluation`),
+    each precision against the measured matmul peaks (`precisions`, `isep.bench.roofline`) and
+    ISEP-FM's a_π draw settings (`draws`, `isep.bench.draw`)."""
     from isep.bench import roofline
+    from isep.bench.draw import bench_draws
     from isep.bench.stacks import bench_processes, bench_stack
 
-    rows, evals, stacked, versus, precision_rows, peaks = [], [], [], [], [], {}
+    rows, evals, stacked, versus, precision_rows, peaks, draw_rows = [], [], [], [], [], {}, []
     for device in devices:
+        if draws and "flow" in actors:
+            draw_rows += bench_draws(device, quick, log=lambda row: log(json.dumps(row)))
         if precisions:
             peaks[device] = roofline.peaks_of(device)
             log(json.dumps({"device": device, "matmul_peak_gflops": peaks[device]}))
@@ -335,7 +341,7 @@ def run(devices: Sequence[str], actors: Sequence[str], windows: int, quick: bool
                                   "env_steps_per_s": round(bench_evaluation(actor, device, precision), 1)})
                     log(json.dumps(evals[-1]))
     return {"rows": rows, "evaluation": evals, "stacked": stacked, "processes": versus,
-            "precision": precision_rows, "matmul_peaks": peaks}
+            "precision": precision_rows, "matmul_peaks": peaks, "draws": draw_rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stacks", default="1,8,30", help="stack sizes (runs in one model) to time; '' for none")
     parser.add_argument("--processes", type=int, default=4,
                         help="on the CPU: N separate processes against N stacked runs (0: skip)")
-    parser.add_argument("--only", choices=("updates", "stacks", "precision"), help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("updates", "stacks", "precision", "draw"), help="run one part of the benchmark")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -365,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stacks = [int(x) for x in args.stacks.split(",") if x.strip()] if only in (None, "stacks") else []
     result = run(devices, args.actors.split(","), args.windows, args.quick, args.kernels and only in (None, "updates"),
                  args.evaluation and only in (None, "updates"), stacks, args.processes if only in (None, "stacks") else 0,
-                 updates=only in (None, "updates"), precisions=only in (None, "precision"),
+                 updates=only in (None, "updates"), precisions=only in (None, "precision"), draws=only in (None, "draw"),
                  log=lambda line: print(line, flush=True))
     import lightning
 

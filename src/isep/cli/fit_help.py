@@ -24,7 +24,7 @@ GENERAL = {
     "print_config": "print the resolved config and stop",
     "seed_everything": "the run's seed (initial weights and every random draw)",
     "ckpt_path": "resume: a checkpoint file, or `last` (the newest run folder of these settings)",
-    "stack.lam, --stack.seed, ...": "train the product of these values (also .expectile, .beta, .guidance, "
+    "stack.lam, --stack.seed, ...": "train the product of these values (also .expectile, .beta, .guidance, .policy_guidance, "
                                     ".policy_mix) as runs stacked in one model",
     "mlflow.enabled, --mlflow.tracking_uri": "the MLflow record (default: sqlite:///mlflow.db in the working folder)",
 }

@@ -48,12 +48,21 @@ def _uniform_actions(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-1, 1, size=(n, 2))
 
 
+NEAR = 0.3  # an action within this distance of a mode's centre counts as "near" it
+
+
 @dataclass(frozen=True)
 class ToyBandit:
     name: str
     reward: Callable[[torch.Tensor], torch.Tensor]
     sample_actions: Callable[[int, np.random.Generator], np.ndarray]
     description: str
+    optimum: tuple[float, float]  # the centre of the highest-reward region
+
+    def share_near(self, actions: torch.Tensor, centre: tuple[float, float] | None = None) -> torch.Tensor:
+        """The share of `actions` (..., N, 2) within `NEAR` of `centre` (default: the optimum), per leading index."""
+        centre = torch.tensor(self.optimum if centre is None else centre, dtype=actions.dtype, device=actions.device)
+        return ((actions - centre).norm(dim=-1) < NEAR).float().mean(-1)
 
     def transitions(self, n: int = 10_000, seed: int = 0) -> Transitions:
         """`n` bandit transitions (one constant 1-D state, done = 1), drawn with `seed`."""
@@ -80,12 +89,14 @@ TOY_BANDITS: dict[str, ToyBandit] = {
             sparse_optimum_reward,
             _sparse_optimum_actions,
             "Section 4.5: 90% dense suboptimal mode, 10% sparse optimal mode",
+            (0.5, 0.5),
         ),
         ToyBandit(
             "toy/danger-zone",
             danger_zone_reward,
             _uniform_actions,
             "Section 4.3: uniform actions, a high-reward region beside a danger zone",
+            (0.6, 0.6),
         ),
     )
 }

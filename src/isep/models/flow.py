@@ -51,6 +51,16 @@ class VelocityField(nn.Module):
                         cast=cast)
 
 
+def one_branch_labels(weights: Sequence[float]) -> list[int] | None:
+    """Per run, the one token whose velocity is the guided one when every run's w is 0 or 1:
+    ṽ = v(∅) + w·(v(+) − v(∅)) is v(+) at w = 1 and v(∅) at w = 0, so one forward pass over the
+    batch replaces the doubled one. None when some w is neither (both branches are needed)."""
+    weights = [float(w) for w in weights]
+    if not all(w in (0.0, 1.0) for w in weights):
+        return None
+    return [POSITIVE if w == 1.0 else NULL for w in weights]
+
+
 def guided_sample(
     field: VelocityField,
     obs: torch.Tensor,
@@ -60,28 +70,36 @@ def guided_sample(
     low: float | torch.Tensor = -1.0,
     high: float | torch.Tensor = 1.0,
     layers: Layers | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate ṽ = v(x,t,s,∅) + w·(v(x,t,s,+) − v(x,t,s,∅)) from x₀ in `steps` Euler steps.
 
     obs (R, B, S); `guidance` a float or per-run (R, 1, 1) tensor; x₀ is `noise` (R, B, A), or a draw
     from torch's generator. The ∅ and positive branches run as one forward pass over a doubled
-    batch. The result is clipped to the action bounds (Eq. 7). `layers`: the field's matrix products'
-    dtypes (`isep.precision`); x is integrated in float32.
+    batch; with `labels` ((R, 1) long, from `one_branch_labels`: every w is 0 or 1) only run r's
+    branch `labels[r]` runs, and `guidance` is not read. The result is clipped to the action bounds
+    (Eq. 7). `layers`: the field's matrix products' dtypes (`isep.precision`); x is integrated in float32.
     """
     r, b, _ = obs.shape
     x = torch.randn(r, b, field.act_dim, device=obs.device, dtype=obs.dtype) if noise is None else noise
+    dt = 1.0 / steps
+    cast = field.net.cast(layers)  # the bf16 copies of the weights, once for all steps
+    if labels is not None:
+        branch = labels.to(obs.device).expand(r, b)
+        for k in range(steps):
+            t = torch.full((r, b), k * dt, device=obs.device, dtype=obs.dtype)
+            x = x + dt * field(x, t, obs, branch, layers, cast)
+        return torch.clamp(x, low, high)
     obs2 = torch.cat([obs, obs], 1)
-    labels = torch.cat(
+    both = torch.cat(
         [
             torch.full((r, b), NULL, device=obs.device, dtype=torch.long),
             torch.full((r, b), POSITIVE, device=obs.device, dtype=torch.long),
         ],
         1,
     )
-    dt = 1.0 / steps
-    cast = field.net.cast(layers)  # the bf16 copies of the weights, once for all steps
     for k in range(steps):
         t = torch.full((r, 2 * b), k * dt, device=obs.device, dtype=obs.dtype)
-        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, labels, layers, cast).chunk(2, dim=1)
+        v_null, v_pos = field(torch.cat([x, x], 1), t, obs2, both, layers, cast).chunk(2, dim=1)
         x = x + dt * (v_null + guidance * (v_pos - v_null))
     return torch.clamp(x, low, high)
