@@ -20,6 +20,17 @@ TOY = ["--config", str(CONFIGS / "toy" / "sparse_isep_fm.yaml"), *TINY, "--data.
        "--evaluation.every", "1", "--mlflow.enabled", "false"]
 
 
+@pytest.fixture
+def bf16_fit(monkeypatch):
+    """`isep fit --trainer.precision bf16-mixed` on any CPU: where the CPU has no bf16 units isep
+    refuses bf16 (it would be emulated, ~60× slower than fp32), so the bookkeeping tests run under
+    the documented override with TINY's 32-wide networks, which emulated bf16 trains in seconds."""
+    from isep.precision import native_bf16
+
+    if not native_bf16(torch.device("cpu")):
+        monkeypatch.setenv("ISEP_ALLOW_EMULATED_BF16", "1")
+
+
 def trained(actor: str, precision: str, mode: str = "eager", parts: str = "safe"):
     agent = ready_agent(actor, 0.3)
     agent.set_precision(precision, parts)
@@ -86,11 +97,13 @@ def test_the_cuda_graph_captures_the_bf16_step(actor):
     assert int(agents["graph"].updates) == 8
 
 
-def test_bf16_resume_is_bit_equal_to_an_uninterrupted_bf16_run(tmp_path):
+def test_bf16_resume_is_bit_equal_to_an_uninterrupted_bf16_run(tmp_path, bf16_fit, capfd):
     from tests.helpers import StopAfter, callback_arg
 
     base = ["fit", *TOY, "--trainer.precision", "bf16-mixed", "--model.lam", "0.3", "--trainer.max_epochs", "4"]
     assert main([*base, "--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
+    # isep's start line says the precision; Lightning's AMP line (about autocast, which isep turns off) goes
+    assert "Automatic Mixed Precision" not in "".join(capfd.readouterr())
     assert main([*base, "--trainer.default_root_dir", str(tmp_path / "resumed"), *callback_arg(StopAfter, epochs=2)]) == 0
     assert main([*base, "--trainer.default_root_dir", str(tmp_path / "resumed"), "--ckpt_path", "last"]) == 0
     (a,), (b,) = run_folders(tmp_path / "straight"), run_folders(tmp_path / "resumed")
@@ -100,7 +113,7 @@ def test_bf16_resume_is_bit_equal_to_an_uninterrupted_bf16_run(tmp_path):
     assert_same_state(sa, sb)
 
 
-def test_precision_is_part_of_the_run_and_checkpoints_cross_it_for_evaluation(tmp_path, capsys):
+def test_precision_is_part_of_the_run_and_checkpoints_cross_it_for_evaluation(tmp_path, capsys, bf16_fit):
     root = tmp_path / "runs"
     for precision in ("32-true", "bf16-mixed"):
         assert main(["fit", *TOY, "--trainer.precision", precision, "--trainer.max_epochs", "1",
@@ -159,7 +172,8 @@ def test_compare_tells_precisions_apart_and_old_fp32_runs_from_new_ones_not():
     old = _precision_settings({}, {"trainer.precision": "None"})  # logged by code from before precisions
     new = _precision_settings({}, {"trainer.precision": "32-true", "model.bf16_parts": "sampler", "model.tf32": "False"})
     bf16 = _precision_settings({}, {"trainer.precision": "bf16-mixed", "model.bf16_parts": "sampler"})
-    assert old == new == {"trainer.precision": "32-true", "model.tf32": "False", "model.bf16_parts": "safe"}
+    assert old == new == {"trainer.precision": "32-true", "model.tf32": "False", "model.bf16_parts": "safe",
+                          "model.policy_guidance": "None", "model.policy_flow_steps": "None"}
     assert bf16["trainer.precision"] == "bf16-mixed" and bf16["model.bf16_parts"] == "sampler"
 
 
@@ -175,3 +189,20 @@ def test_the_cpus_bf16_units_are_read_from_its_flags(flags, units, tmp_path):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert cpu_bf16_units(str(cpuinfo)) == units
     assert cpu_bf16_units(str(tmp_path / "absent")) == ""
+
+
+def test_the_roofline_holds_each_product_against_the_peak_of_the_dtype_it_ran_in():
+    from isep.bench.roofline import DtypeFlops, ideal_seconds
+
+    agent = ready_agent("flow", 0.3)
+    with DtypeFlops() as fp32:
+        agent.train_step()
+    agent.set_precision("bf16-mixed", "safe")
+    with DtypeFlops() as safe:
+        agent.train_step()
+    assert fp32.by_dtype["bf16"] == 0 and fp32.total > 0
+    # the same products; under `safe` the heads of the critics and V stay fp32, the rest is bf16
+    assert safe.total == fp32.total and 0 < safe.by_dtype["fp32"] < 0.2 * safe.total
+    flops = {"total": safe.total, **safe.by_dtype}
+    peaks = {"fp32": 100.0, "bf16": 200.0}
+    assert ideal_seconds(flops, peaks) == pytest.approx((safe.by_dtype["fp32"] / 100 + safe.by_dtype["bf16"] / 200) / 1e9)
