@@ -29,10 +29,24 @@ CPU_COMPILE_MIN_UPDATES = 20_000
 TRACES_AUTOGRAD = hasattr(torch._dynamo.config, "trace_autograd_ops")
 
 
-def choose_mode(fast: bool | None, device: torch.device, updates: int | None = None) -> Mode:
+MODES = ("eager", "compile", "graph")
+
+
+def choose_mode(fast: bool | str | None, device: torch.device, updates: int | None = None) -> Mode:
     """`fast=None` (auto): a CUDA graph on CUDA; on the CPU, compiled when the run is long enough
     (`updates` ≥ CPU_COMPILE_MIN_UPDATES) for compiling to pay, else eager. `True`: the fastest
-    path the device has (graph on CUDA, compile on CPU); `False`: eager."""
+    path the device has (graph on CUDA, compile on CPU); `False`: eager; a mode's name: that mode."""
+    if isinstance(fast, str):
+        if fast not in MODES:
+            from isep.errors import ConfigError
+
+            raise ConfigError(f"model.fast must be true, false, or one of {', '.join(MODES)}; got {fast!r}")
+        if fast == "graph" and device.type != "cuda":
+            from isep.errors import ConfigError
+
+            raise ConfigError(f"model.fast graph captures the update as a CUDA graph and needs a GPU (this fit runs on "
+                              f"{device.type}): use compile or eager")
+        return fast  # type: ignore[return-value]
     if fast is False:
         return "eager"
     if device.type == "cuda":
@@ -65,7 +79,7 @@ class AcceleratedStep:
     """
 
     def __init__(self, fn: Callable[[], None], mode: Mode, warmup: int = 3) -> None:
-        if mode not in ("eager", "compile", "graph"):
+        if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode, self.warmup = mode, warmup
         if mode != "eager":

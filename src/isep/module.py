@@ -15,6 +15,7 @@ training metrics whenever they reach the host, and `on_run_diverged(trainer, mod
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Literal, Sequence
 
 import lightning as L
@@ -48,9 +49,10 @@ class ISEPModule(L.LightningModule):
         log_every: updates between two logged (averaged) metric sets.
         divergence_factor: stop when |Q| or |V| exceeds this many times max |r| / (1 − γ) (values
             can grow to 1e11 while staying finite, so a NaN check alone never fires; DESIGN.md §1).
-        fast: the fast path (`isep.fast`): unset (auto) = compiled and captured as a CUDA graph on
-            a GPU; on the CPU compiled for runs of 20,000 updates or more, else eager. true =
-            compile on the CPU whatever the length; false = always eager.
+        fast: the update's path: unset = auto (GPU: graph; CPU: compile from 20,000 updates, else
+            eager), falling back graph → compile → eager with one line when a path fails; eager,
+            compile, graph or true (the device's fastest) = that path, exit 2 if it fails.
+        fast_check: check the fast path once against eager (a few updates; the state is put back).
         updates_per_call: updates per Lightning training step; unset = 10 when the update is a CUDA
             graph (a replay is faster than Lightning's per-step bookkeeping), else 1.
         tf32: on a GPU, let float32 matrix products use TF32 tensor cores
@@ -88,7 +90,8 @@ class ISEPModule(L.LightningModule):
         max_weight: PositiveFloat = 100.0,
         log_every: PositiveInt = 100,
         divergence_factor: PositiveFloat = 100.0,
-        fast: bool | None = None,
+        fast: bool | Literal["eager", "compile", "graph"] | None = None,
+        fast_check: bool = True,
         updates_per_call: PositiveInt | None = None,
         bf16_parts: Literal["safe", "sampler", "all"] = "safe",
         tf32: bool = False,
@@ -173,8 +176,18 @@ class ISEPModule(L.LightningModule):
         return GRAPH_UPDATES_PER_CALL if self.fast_mode(device) == "graph" else 1
 
     def step_function(self) -> Callable[[], None]:
-        """The agent's update as the fast path runs it on this device."""
-        return self.agent.step_function(self.fast_mode())
+        """The agent's update as the fast path runs it on this device: checked once against eager
+        (`fast_check`), falling back one path on a failure unless `--model.fast` chose the path."""
+        explicit = self.hparams.fast is not None and self.hparams.fast is not False
+        return self.agent.step_function(self.fast_mode(), fallback=not explicit, check=self.hparams.fast_check,
+                                       report=lambda line: print(line, file=sys.stderr, flush=True))
+
+    def update_path(self) -> tuple[str, dict[str, str], float]:
+        """The path the update runs on now (after any fallback), the paths that failed with why, and
+        the seconds the equivalence checks took."""
+        built = self.agent._step_fn
+        path = built.mode if built is not None else self.fast_mode()
+        return path, dict(self.agent.fast_failures), getattr(built, "check_seconds", 0.0)
 
     # -- training: `batch` updates per Lightning step; metrics read every `log_every` ------------
 

@@ -23,7 +23,8 @@ from isep.errors import ConfigError
 STACK_FILE = "stack.json"  # in a stacked run's folder: where its checkpoint is, and its index
 RUN_ID_FILE = "mlflow_run_id"  # in a run's folder: its MLflow run, which a resumed fit continues
 # Performance switches and bookkeeping: they do not change what a run computes.
-HASH_EXCLUDE = {"model.log_every", "model.fast", "model.updates_per_call", "data.val_batches", "data.download"}
+HASH_EXCLUDE = {"model.log_every", "model.fast", "model.fast_check", "model.updates_per_call", "data.val_batches",
+                "data.download"}
 # Settings added after runs existed: at these values (a checkpoint without them had them) a run
 # keeps the key it had, and a resume of an older checkpoint sees no difference.
 ADDED = {"model.tf32": False, "model.bf16_parts": "safe", "model.policy_guidance": None, "model.policy_flow_steps": None}

@@ -34,6 +34,7 @@ from isep.agent.config import AgentConfig
 from isep.agent.hooks import TargetEMAUpdate, UpdateHook, twin_active
 from isep.agent.losses import LossesMixin
 from isep.fast import AcceleratedStep, Mode
+from isep.fast_fallback import ResilientStep
 from isep.models import GaussianActor, TwinQ, ValueFunction, VelocityField, guided_sample
 from isep.models.flow import one_branch_labels
 from isep.optim import AdamMoments, StackedAdam
@@ -93,7 +94,8 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.schedule_total: int | None = None  # updates of the actor's cosine schedule (`plan`)
         self.failures: dict[int, str] = {}  # frozen runs (they diverged) → why
         self._read_at = 0  # the update count at the last metric read (host side: never inside the step)
-        self._step_fn: AcceleratedStep | None = None
+        self._step_fn: AcceleratedStep | ResilientStep | None = None
+        self.fast_failures: dict[str, str] = {}  # fast paths that failed in this process → why (`isep.fast_fallback`)
 
     def _register_run_values(self, config: AgentConfig, lams: list[float]) -> None:
         """Per-run settings as buffers shaped to broadcast over (R, B), the run keys and the counter."""
@@ -236,11 +238,21 @@ class ISEPAgent(LossesMixin, nn.Module):
             self.metric_sum.add_(torch.stack([info[k].float() for k in self.metric_names], -1))
             self.updates.add_(1)
 
-    def step_function(self, mode: Mode = "eager") -> Callable[[], None]:
+    def step_function(self, mode: Mode = "eager", fallback: bool = False, check: bool = False,
+                      report: Callable[[str], None] = print) -> Callable[[], None]:
         """`train_step` as `mode` runs it (`isep.fast`: eager, compile, graph); built once, captured
-        lazily, rebuilt after anything that changes what the step does (hooks, data, a frozen run)."""
-        if self._step_fn is None or self._step_fn.mode != mode:
-            self._step_fn = AcceleratedStep(self.train_step, mode)
+        lazily, rebuilt after anything that changes what the step does (hooks, data, a frozen run).
+        `check`: compare the path once with the eager update; `fallback`: on a failure of the path
+        (building, running or the check) go one step down graph → compile → eager and `report` it,
+        else raise `FastPathError` (`isep.fast_fallback`)."""
+        built = self._step_fn
+        if built is None or getattr(built, "requested", built.mode) != mode:
+            if fallback or check:
+                self._step_fn = ResilientStep(self, mode, explicit=not fallback, check=check,
+                                              low_precision=self.precision.name != "32-true" or torch.backends.cuda.matmul.allow_tf32,
+                                              report=report)
+            else:
+                self._step_fn = AcceleratedStep(self.train_step, mode)
         return self._step_fn
 
     def reset_step(self) -> None:

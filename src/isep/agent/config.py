@@ -54,10 +54,10 @@ class AgentConfig:
         expectile: τ of the expectile loss (Eq. 2; IQL's expectile).
         beta: AWR inverse temperature β of the Gaussian actor (Eq. 5); 0 with λ = 0 is BC.
         guidance: classifier-free guidance weight w of the flow actor (Eq. 7).
-        policy_guidance: the guidance of the flow actor's a_π draw during training (Eqs. 2, 5-6; the
-            paper says only "sampled from the current policy"); None = the trained `guidance` w.
-            At 1 (the + branch alone) or 0 (∅ alone) the sampler runs one branch: half the products.
-        policy_flow_steps: Euler steps of the a_π draw during training; None = `flow_steps`.
+        policy_guidance: guidance w of the training-time a_π draw (None: the trained `guidance`). The
+            paper says only "sampled from the current policy" (Eqs. 2, 5-6). At 1 (the + branch
+            alone) or 0 (∅ alone) the sampler runs one branch: half the products.
+        policy_flow_steps: Euler steps of the training-time a_π draw (None: `flow_steps`).
         policy_mix: how the actor's targets combine a and a_π: `stochastic` (a Bernoulli(λ) selection,
             Eq. 5), `deterministic` (one term at ā = (1 − λ)a + λa_π, Figure 7's baseline) or
             `weighted_sum` (Eq. 26: both terms, weighted 1 − λ and λ).

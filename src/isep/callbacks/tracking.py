@@ -291,11 +291,26 @@ class MLflowRunRecord(L.Callback):
                 if isinstance(logger, CSVLogger):
                     logger.save()
 
+    @staticmethod
+    def _tag_update_path(pl_module: L.LightningModule, runs: list[tuple[list, Path]]) -> None:
+        """`update_path`: the path the update ran on (eager, compile, graph, after any fallback), and
+        `update_path_failures`: the paths that failed first, with why (`isep.fast_fallback`), and the
+        seconds the check of the path against eager took (`update_path_check_s`)."""
+        path, failures, seconds = pl_module.update_path()
+        for loggers, _ in runs:
+            for logger in loggers:
+                logger.experiment.set_tag(logger.run_id, "update_path", path)
+                logger.experiment.set_tag(logger.run_id, "update_path_check_s", f"{seconds:.2f}")
+                if failures:
+                    text = "; ".join(f"{mode}: {why}" for mode, why in failures.items())
+                    logger.experiment.set_tag(logger.run_id, "update_path_failures", text[:4000])
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from isep.callbacks.checkpoint import BestCheckpoint
 
         runs = _runs(pl_module)
         self._log_returns(runs)
+        self._tag_update_path(pl_module, runs)
         if pl_module.runs > 1:
             return
         best = [cb.best_model_path for cb in trainer.callbacks if isinstance(cb, BestCheckpoint) and cb.best_model_path]
@@ -319,5 +334,6 @@ class MLflowRunRecord(L.Callback):
                     pass
         try:
             self._log_returns(runs)
+            self._tag_update_path(pl_module, runs)
         except Exception:  # noqa: BLE001
             pass
