@@ -5,7 +5,7 @@ ISEP   := $(VENV)/bin/isep
 # The CPU wheel on this machine's disk; a looser pin pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all bench configs figures clean
+.PHONY: install demo test test-all bench gpu-check configs figures clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ test-all: install      ## also the long checks marked `slow`
 bench: install         ## updates/s vs a CORL-style step, eager/fast, loop/fit, stacked runs; JSON + Markdown in bench-results/
 	$(PY) benchmarks/throughput.py --out bench-results
 
+gpu-check:             ## on a machine with a CUDA GPU: the GPU tests and `isep bench --device cuda --quick` in 8 minutes → gpu-check/
+	python3 scripts/gpu_check.py
+
 figures: install       ## Figures 2, 5, 6, 7 (sweeps on ../shared/data/minari and the toy bandit) → outputs/figures/
 	$(ISEP) figure fig2
 	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig5 --spec configs/figures/fig5_local.yaml
@@ -38,4 +41,4 @@ configs: install       ## regenerate configs/*.yaml from the Appendix C tables i
 	$(PY) configs/generate.py
 
 clean:
-	rm -rf outputs runs bench-results .pytest_cache
+	rm -rf outputs runs bench-results gpu-check .pytest_cache
