@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -61,23 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from isep.cli.quiet import quiet
+    from isep.cli.signals import Stopped, received, stop_on_signals
 
     quiet()
     try:
-        if command in COMMANDS:
-            module, function = COMMANDS[command][0].split(":")
-            return getattr(importlib.import_module(module), function)(argv[1:])
-        from isep.cli.fit_help import short_help
-
-        if argv[1:] in (["--help"], ["-h"]):
-            print(short_help(command))
-            return 0
-        if argv[1:] == ["--help=full"]:  # LightningCLI's own help: every option, the Trainer's included
-            argv, from_sys = [command, "--help"], False
-        from isep.cli.fit_cli import build_cli
-
-        build_cli(None if from_sys else argv)
-        return 0
+        with stop_on_signals():
+            return _run(command, argv, from_sys)
+    except KeyboardInterrupt as stop:  # SIGTERM / SIGINT: exit as a process killed by it would (143 / 130)
+        # (a library may turn isep's `Stopped` into a plain KeyboardInterrupt: Ray does)
+        stop = stop if isinstance(stop, Stopped) else Stopped(received() or signal.SIGINT)
+        if not stop.reported:
+            print(f"isep: {command} stopped by {stop.name}", file=sys.stderr, flush=True)
+        return stop.exit_code
     except ISEPError as err:
         print(f"isep: error: {err}", file=sys.stderr)
         return 2
@@ -90,6 +86,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"isep: error: {friendly(str(err))}\n  see `isep {command} --help` (isep's options) or "
               f"`isep {command} --help=full` (every option, Lightning's Trainer included)", file=sys.stderr)
         return 2
+
+
+def _run(command: str, argv: list[str], from_sys: bool) -> int:
+    """Run one command (its exit code); errors propagate to `main`."""
+    if command in COMMANDS:
+        module, function = COMMANDS[command][0].split(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    from isep.cli.fit_help import short_help
+
+    if argv[1:] in (["--help"], ["-h"]):
+        print(short_help(command))
+        return 0
+    if argv[1:] == ["--help=full"]:  # LightningCLI's own help: every option, the Trainer's included
+        argv, from_sys = [command, "--help"], False
+    from isep.cli.fit_cli import build_cli
+
+    build_cli(None if from_sys else argv)
+    return 0
 
 
 def __getattr__(name: str):

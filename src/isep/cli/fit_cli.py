@@ -24,6 +24,8 @@ from isep.callbacks.evaluation import RolloutEvaluation
 from isep.callbacks.tracking import run_routes
 from isep.cli.checkpoints import check_resume, read_checkpoint, resume_precision
 from isep.cli.run_setup import RunClaim, build_routes, log_run_params, run_folder_of
+from isep.cli.signals import Stopped, received
+from isep.cli.stopped import report_stop
 from isep.cli.summary import print_eval_metrics, print_start, print_summary
 from isep.data.datamodule import D4RLDataModule
 from isep.errors import ConfigError
@@ -200,9 +202,14 @@ class ISEPCLI(LightningCLI):
         start = time.perf_counter()
         try:
             super()._run_subcommand(subcommand)
-        except BaseException:
-            if subcommand == "fit" and not self.resuming and self.trainer.global_step == 0 and self.claim is not None:
+        except BaseException as err:
+            undone = subcommand == "fit" and not self.resuming and self.trainer.global_step == 0 and self.claim is not None
+            if undone:
                 self.claim.undo()
+            signum = received()
+            if signum is not None:  # (Lightning turns the interrupt into its own exit(1))
+                report_stop(self, subcommand, signum, undone)
+                raise Stopped(signum, reported=True) from err
             raise
         finally:
             if self.claim is not None:

@@ -13,7 +13,8 @@ LIGHTNING_INFO = re.compile(
     r"^(💡 Tip: |GPU available: |TPU available: |HPU available: |Loading `train_dataloader` to estimate|"
     r"`Trainer\.(fit|validate|test)` stopped: |Restored all states from the checkpoint|Seed set to |"
     r"Experiment with name .* not found\. Creating it\.|Using (bfloat16|16bit) Automatic Mixed Precision|"
-    r"Restoring states from the checkpoint path at )"
+    r"Restoring states from the checkpoint path at |\s*Detected KeyboardInterrupt, attempting graceful shutdown|"
+    r"\[rank: \d+\] Received SIGTERM)"  # (isep's own line says what a stop kept)
 )
 WARNINGS = (  # (message regex, module regex) of warnings that say nothing to an isep user
     (r"LightningCLI's args parameter is intended to run from within Python", r"lightning\.pytorch\.cli"),
@@ -47,7 +48,8 @@ def quiet() -> None:
     """Install the filters (idempotent)."""
     drop = _DropLines(LIGHTNING_INFO)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.fabric.utilities.seed", "lightning.pytorch.loggers.mlflow"):
+                 "lightning.fabric.utilities.seed", "lightning.pytorch.loggers.mlflow",
+                 "lightning.pytorch.trainer.connectors.signal_connector"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLines) for f in logger.filters):
             logger.addFilter(drop)

@@ -267,6 +267,60 @@ def summarise(name: str, uri: str, out: Path) -> str:
     return str(figure)
 
 
+def run_sweep(todo: list[Trial], points: list[Trial], known: dict, records: SweepRecords, parent: str, args,
+              name: str) -> list[tuple[Trial, str]]:
+    """Run the trials to do under the sweep's parent record; returns the failed ones with why."""
+    for trial in todo:
+        trial.args += ["--mlflow.parent_run_id", parent]
+    if not todo:
+        return []
+    for trial in points:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
+        record = known.get(trial.key)
+        if trial.action == "resume" and record and not has_checkpoint(record.run_dir):
+            records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
+    env = {k: str(Path(os.environ[k]).resolve()) if k == "MINARI_DATASETS_PATH" else os.environ[k]
+           for k in ENV_FORWARD if k in os.environ}
+    ray = start_ray(args, env)
+    from isep.cli.signals import Stopped, reclaim, received
+
+    reclaim()  # (ray.init installed a SIGTERM handler that exits without ending the records)
+    gpus = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
+    threads = max(1, int(args.cpus_per_run))
+    try:
+        failed = run_grid(todo, args, name, threads, gpus)
+    finally:
+        ray.shutdown()  # (ends the trials' processes)
+    if received() is not None:  # Tune stops on SIGINT itself and returns: the sweep was still stopped
+        raise Stopped(received())
+    stopped = [t for t in todo if t.early_stopped]
+    current = records.trials() if stopped else {}
+    for trial in stopped:
+        for member in trial.members or [trial]:
+            record = current.get(member.key)
+            if record:
+                records.mark(record.run_id, "KILLED", **{EARLY_STOP_TAG: "true"})
+    return failed
+
+
+def end_records(records: SweepRecords, parent: str, err: BaseException) -> None:
+    """A sweep that stopped: its parent record and its trials still RUNNING say KILLED (a stop signal,
+    Ctrl-C) or FAILED (an error), with why; a re-run of the sweep resumes them from their checkpoints."""
+    import signal
+
+    from isep.cli.signals import received
+
+    stopped = isinstance(err, KeyboardInterrupt)  # (isep's `Stopped`, or what Ray made of it)
+    status = "KILLED" if stopped else "FAILED"
+    reason = f"stopped by {signal.Signals(received() or signal.SIGINT).name}" if stopped else f"{type(err).__name__}: {err}"[:500]
+    try:
+        for record in records.trials().values():
+            if record.status == "RUNNING":
+                records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true", "failure_reason": reason})
+        records.mark(parent, status, failure_reason=reason)
+    except Exception:  # noqa: BLE001 - the store itself may be what failed
+        pass
+
+
 def sweep_main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args, grid_options = parser.parse_known_args(argv)
@@ -309,30 +363,11 @@ def sweep_main(argv: Sequence[str]) -> int:
 
     parent = records.parent_run({"configs": ",".join(grid.configs), **{f"axis.{k}": ",".join(v) for k, v in grid.axes.items()},
                                  **{f"fixed.{k}": v for k, v in grid.fixed.items()}})
-    for trial in todo:
-        trial.args += ["--mlflow.parent_run_id", parent]
-    failed: list[tuple[Trial, str]] = []
-    if todo:
-        for trial in points:  # a stale RUNNING record without a checkpoint would stay RUNNING forever
-            record = known.get(trial.key)
-            if trial.action == "resume" and record and not has_checkpoint(record.run_dir):
-                records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
-        env = {k: str(Path(os.environ[k]).resolve()) if k == "MINARI_DATASETS_PATH" else os.environ[k]
-               for k in ENV_FORWARD if k in os.environ}
-        ray = start_ray(args, env)
-        gpus = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
-        threads = max(1, int(args.cpus_per_run))
-        try:
-            failed = run_grid(todo, args, name, threads, gpus)
-        finally:
-            ray.shutdown()
-        stopped = [t for t in todo if t.early_stopped]
-        current = records.trials() if stopped else {}
-        for trial in stopped:
-            for member in trial.members or [trial]:
-                record = current.get(member.key)
-                if record:
-                    records.mark(record.run_id, "KILLED", **{EARLY_STOP_TAG: "true"})
+    try:
+        failed = run_sweep(todo, points, known, records, parent, args, name)
+    except BaseException as err:  # stopped (SIGTERM / Ctrl-C) or failed: no record stays RUNNING
+        end_records(records, parent, err)
+        raise
     records.mark(parent, "FINISHED", **{"isep.failed_trials": str(len(failed))})
     out = Path(args.out or Path("outputs") / "sweeps" / name)
     figure = summarise(name, uri, out)
