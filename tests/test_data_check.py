@@ -59,3 +59,54 @@ def test_unknown_task_is_a_clear_error():
     out = run_isep("data", "check", "hopper-medum-v2")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("isep: error: unknown task 'hopper-medum-v2'") and "Did you mean 'hopper-medium-v2'" in out.stderr
+
+
+@pytest.fixture
+def hopper_medium_store(tmp_path, monkeypatch):
+    """A store holding hopper-medium-v2's Minari id, written from real Hopper-v5 rollouts, and a
+    writer for the broken variants of it."""
+    from isep.data.writer import write_dataset
+    from tests.conftest import rollout_episodes
+
+    root = tmp_path / "store"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    (dataset_id,) = TASKS["hopper-medium-v2"].minari_ids
+
+    def write(env_id: str = "Hopper-v5") -> Path:
+        write_dataset(dataset_id, rollout_episodes(env_id, 3, 30, seed=0), env_id=env_id)
+        return root / dataset_id
+
+    return write
+
+
+def _row_and_problem(out: str, task: str) -> tuple[list[str], str]:
+    (row,) = [line for line in out.splitlines() if line.strip().startswith(task + " ")]
+    problems = [line for line in out.splitlines() if line.startswith(f"  {task}: ") and "rm -r" in line]
+    return row.split()[1:], "\n".join(problems)
+
+
+def test_a_readable_dataset_of_the_right_env_is_ready(hopper_medium_store, no_network, capsys):
+    hopper_medium_store()
+    assert check_main(["hopper-medium-v2"]) == 0
+    assert _row_and_problem(capsys.readouterr().out, "hopper-medium-v2")[0] == ["ok", "ok", "ok", "ready"]
+
+
+@pytest.mark.parametrize("damage, state, says", [
+    ("truncate", "unreadable", "could not be read"),
+    ("empty", "unreadable", "could not be read"),
+    ("other env", "wrong", "another environment's data is in this slot"),
+])
+def test_data_check_opens_what_it_calls_ready(damage, state, says, hopper_medium_store, no_network, capsys):
+    folder = hopper_medium_store("Walker2d-v5" if damage == "other env" else "Hopper-v5")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    main_data = folder / "data" / "main_data.hdf5"
+    if damage == "truncate":
+        main_data.write_bytes(main_data.read_bytes()[: main_data.stat().st_size // 2])
+    elif damage == "empty":
+        for f in files:
+            if f.name != "metadata.json":
+                f.write_bytes(b"")
+    assert check_main(["hopper-medium-v2"]) == 1
+    row, problem = _row_and_problem(capsys.readouterr().out, "hopper-medium-v2")
+    assert row[0] == state and row[-1] == "READY"  # (NOT READY)
+    assert says in problem and f"rm -r {folder}" in problem and "minari download mujoco/hopper/medium-v0" in problem

@@ -2,7 +2,9 @@
 cannot, the one command that makes it ready.
 
 A task is ready when its optional extra is installed, its data is in the local Minari store (or
-imported from D4RL's file), and its evaluation env builds here. Reads only the local store and the
+imported from D4RL's file) and a fit would load it — each dataset is read to its end as a fit reads
+it, its episodes and steps are there and agree, and its observations and actions have the sizes of
+the task's environment — and its evaluation env builds here. Reads only the local store and the
 installed packages: never the network.
 """
 
@@ -30,6 +32,7 @@ class Readiness:
     extra: str = "ok"
     fixes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    local_ids: list[str] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -58,6 +61,7 @@ def _check_data(task: TaskSpec, root: Path, result: Readiness) -> str | None:
         return None
     missing = [i for i in ids if not is_local(i, root)]
     if not missing:
+        result.local_ids = list(ids)
         return ids[0]
     result.data = "not downloaded"
     if importlib.util.find_spec("huggingface_hub") is None:  # what `minari download` needs (minari[hf])
@@ -84,7 +88,56 @@ def check_task(task: TaskSpec, root: Path | None = None) -> Readiness:
         except ISEPError as err:
             result.env = "fails"
             result.problems.append(str(err))
+    if result.local_ids and result.env == "ok":
+        _open_data(task, root, result)
     return result
+
+
+def _family(env_id: str | None) -> str:
+    """`Hopper-v5` → `hopper`: the environment without its version."""
+    return (env_id or "").split("/")[-1].rsplit("-v", 1)[0].lower()
+
+
+def _sizes_of(env_id: str, dataset_id: str) -> tuple[int, int]:
+    """(observation, action) sizes of the env a fit would evaluate the dataset in, flattened."""
+    import gymnasium as gym
+
+    from isep.envs import make_env_fn
+
+    env = make_env_fn(env_id, dataset_id)()
+    try:
+        return gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
+    finally:
+        env.close()
+
+
+def _open_data(task: TaskSpec, root: Path, result: Readiness) -> None:
+    """Read each local dataset of `task` as a fit does; its recorded env must be the task's, and its
+    sizes those of the env a fit evaluates it in."""
+    from isep.data.minari_source import env_id_of, load_transitions
+
+    for dataset_id in result.local_ids:
+        again = f"rm -r {root / dataset_id} && " + (f"minari download {dataset_id}" if dataset_id in task.minari_ids
+                                                    else f"isep data import-d4rl FILE.hdf5 --id {dataset_id} --task {task.name}")
+        try:
+            data = load_transitions(dataset_id, None, root)
+        except ISEPError as err:
+            result.data = "unreadable"
+            result.problems.append(f"{dataset_id}: {str(err).split(' (')[0]}: delete it and fetch it again ({again})")
+            continue
+        rows = {len(data.observations), len(data.actions), len(data.rewards), len(data.next_observations)}
+        sizes, recorded = (data.observations.shape[1], data.actions.shape[1]), env_id_of(dataset_id, root)
+        if len(rows) != 1 or not rows.pop():
+            result.data = "inconsistent"
+            result.problems.append(f"{dataset_id}: its observations, actions and rewards do not line up; fetch it again ({again})")
+        elif recorded and _family(recorded) != _family(task.env_id):
+            result.data = "wrong env"
+            result.problems.append(f"{dataset_id}: recorded in {recorded}, but {task.name} is {task.env_id}: another "
+                                   f"environment's data is in this slot; replace it ({again})")
+        elif sizes != (expected := _sizes_of(task.env_id, dataset_id)):
+            result.data = "wrong env"
+            result.problems.append(f"{dataset_id}: observation/action sizes {sizes}, but its evaluation env has {expected}; "
+                                   f"replace it ({again})")
 
 
 def format_report(results: list[Readiness], root: Path) -> str:
