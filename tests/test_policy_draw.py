@@ -134,3 +134,23 @@ def test_the_draw_settings_reach_the_printed_config(tmp_path, capfd):
         main(["fit", *TOY, "--model.policy_guidance", "0", "--model.policy_flow_steps", "5", "--print_config"])
     printed = capfd.readouterr().out
     assert stop.value.code == 0 and "policy_guidance: 0.0" in printed and "policy_flow_steps: 5" in printed
+
+
+def test_compare_holds_every_draw_setting_against_the_one_lambda_zero_baseline():
+    import pandas as pd
+
+    from isep.results.analysis import baseline_of
+    from isep.results.frames import _add_settings, without_draw
+
+    runs = pd.DataFrame([{"metric": "m", "task": "t", "actor": "flow", "left_out": "", "lam": lam,
+                          "model.policy_guidance": str(g), "model.expectile": "0.7"}
+                         for lam, g in ((0.0, None), (0.3, None), (0.3, 1.0), (0.3, 0.0))])
+    labels = _add_settings(runs)["settings"].tolist()
+    assert labels == ["", "policy_guidance=None", "policy_guidance=1.0", "policy_guidance=0.0"]
+    assert without_draw("expectile=0.8, policy_guidance=1.0, policy_flow_steps=5") == "expectile=0.8"
+    cells = runs.assign(settings=labels, policy_mix="stochastic")
+    for _, cell in cells[cells["lam"] > 0].iterrows():
+        assert baseline_of(cells, cell)["lam"] == 0.0
+    # another setting that a λ = 0 run does use still separates baselines
+    other = cells.assign(settings=["expectile=0.9", "expectile=0.7, policy_guidance=1.0", "", ""])
+    assert baseline_of(other, other.iloc[1]) is None

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from isep.results import stats
-from isep.results.frames import CELL, DEFAULT_METRIC, Loaded, ScoreRule, column_order, in_seed_order, variant_label
+from isep.results.frames import CELL, DEFAULT_METRIC, Loaded, ScoreRule, column_order, in_seed_order, variant_label, without_draw
 
 FEW_SEEDS = 3  # cells with fewer seeds are flagged
 COLUMN = ["actor", "settings", "policy_mix", "lam"]  # a variant, across tasks
@@ -86,9 +86,10 @@ def cell_table(counted: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_of(cells: pd.DataFrame, cell: pd.Series) -> pd.Series | None:
-    """The λ = 0 cell of the same metric, task, actor and settings (same policy_mix if it exists)."""
+    """The λ = 0 cell of the same metric, task, actor and settings (same policy_mix if it exists);
+    the a_π draw's settings, which a λ = 0 run ignores, do not count."""
     same = cells[(cells["metric"] == cell["metric"]) & (cells["task"] == cell["task"]) & (cells["actor"] == cell["actor"])
-                 & (cells["settings"] == cell["settings"]) & (cells["lam"] == 0)]
+                 & (cells["settings"].map(without_draw) == without_draw(cell["settings"])) & (cells["lam"] == 0)]
     if same.empty:
         return None
     mix = same[same["policy_mix"] == cell["policy_mix"]]

@@ -171,9 +171,20 @@ def _check_metric(frame: pd.DataFrame, metric: str) -> None:
                            f"e.g. {DEFAULT_METRIC}")
 
 
+# Settings of the a_π draw: a λ = 0 run draws no a_π, so they mean nothing there (and a λ = 0 run
+# is the baseline of every draw setting).
+DRAW_SETTINGS = ("policy_guidance", "policy_flow_steps")
+
+
+def without_draw(settings: str) -> str:
+    """A `settings` label without the draw settings (what a λ = 0 baseline is matched on)."""
+    return ", ".join(part for part in settings.split(", ") if part and not part.startswith(tuple(f"{d}=" for d in DRAW_SETTINGS)))
+
+
 def _add_settings(frame: pd.DataFrame) -> pd.DataFrame:
     """`settings`: the params whose values differ between the runs of one task and actor (a τ or β
-    swept beside λ), as `name=value` — what makes their variants different beyond λ and the mix."""
+    swept beside λ), as `name=value` — what makes their variants different beyond λ and the mix.
+    A λ = 0 run's label leaves out the a_π draw's settings (`DRAW_SETTINGS`), which it ignores."""
     frame = frame.assign(settings="")
     params = [c for c in frame.columns if c.startswith(("model.", "data.", "trainer."))]
     ok = frame["left_out"] == ""
@@ -182,6 +193,9 @@ def _add_settings(frame: pd.DataFrame) -> pd.DataFrame:
         labels = rows[varying].astype(str).apply(
             lambda r: ", ".join(f"{p.split('.', 1)[1]}={v}" for p, v in r.items()), axis=1) if varying else ""
         frame.loc[rows.index, "settings"] = labels
+        if varying:
+            idle = rows.index[rows["lam"].astype(float) == 0]
+            frame.loc[idle, "settings"] = frame.loc[idle, "settings"].map(without_draw)
     return frame
 
 
