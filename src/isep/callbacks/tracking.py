@@ -164,6 +164,14 @@ def check_tracking_uri(uri: str | None) -> str:
             except sqlite3.DatabaseError as err:
                 raise ConfigError(f"the MLflow store {path} is not a readable sqlite database ({err}); move it away "
                                   "(MLflow then makes a new one), or point --mlflow.tracking_uri elsewhere") from None
+        else:  # MLflow will make the file and its folders: the nearest existing folder must allow it
+            existing = next(p for p in path.absolute().parents if p.exists())
+            if not existing.is_dir():
+                raise ConfigError(f"the MLflow store {path} cannot be made: {existing} is a file, not a folder; "
+                                  "point --mlflow.tracking_uri at a path under a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"the MLflow store {path} cannot be made: {existing} is not writable; "
+                                  "point --mlflow.tracking_uri at a folder you can write to")
         return uri
     if scheme in ("http", "https"):
         parsed = urlparse(uri)

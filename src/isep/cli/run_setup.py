@@ -51,6 +51,11 @@ class RunClaim:
         if exclusive and resume and is_live(self.folder):
             raise ConfigError(f"{self.folder} is being trained by another process now; wait for it, or stop it first")
         self.created = not self.folder.exists()
+        self.new_parents = []  # folders above it that this claim makes (`runs/`, `runs/<dataset>/`), innermost first
+        for parent in self.folder.parents:
+            if parent.exists():
+                break
+            self.new_parents.append(parent)
         self.mlflow_runs: list[str] = []  # MLflow runs created for this claim (undone on an early failure)
         self._lock = None
 
@@ -95,6 +100,11 @@ class RunClaim:
             delete_runs(self.tracking.get("tracking_uri"), self.mlflow_runs)
         if self.created and self.folder.is_dir() and not used_by_training(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
+            for parent in self.new_parents:  # and the folders made for it, while empty
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
 
 def run_folder_of(checkpoint: Path) -> Path:

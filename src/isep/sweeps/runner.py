@@ -213,7 +213,12 @@ def start_ray(args, env: dict[str, str]):
         else:
             ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, runtime_env=runtime_env, include_dashboard=False)
     except ConnectionError as err:
-        raise ConfigError(f"cannot join the Ray cluster at {args.address}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot join the Ray cluster at {args.address} ({first}); start one (`ray start --head`) "
+                          "or leave out --address to run a local Ray") from None
+    except ImportError as err:  # ray:// needs Ray's client
+        raise ConfigError(f"--address {args.address} joins through Ray's client, which is not installed ({err.name or err}): "
+                          "pip install 'ray[client]'") from None
     return ray
 
 
@@ -267,9 +272,16 @@ def summarise(name: str, uri: str, out: Path) -> str:
     return str(figure)
 
 
+def ray_env() -> dict[str, str]:
+    """What the trials' processes need from this one's environment (paths made absolute)."""
+    return {k: str(Path(os.environ[k]).resolve()) if k == "MINARI_DATASETS_PATH" else os.environ[k]
+            for k in ENV_FORWARD if k in os.environ}
+
+
 def run_sweep(todo: list[Trial], points: list[Trial], known: dict, records: SweepRecords, parent: str, args,
-              name: str) -> list[tuple[Trial, str]]:
-    """Run the trials to do under the sweep's parent record; returns the failed ones with why."""
+              name: str, ray) -> list[tuple[Trial, str]]:
+    """Run the trials to do under the sweep's parent record on `ray` (started); returns the failed
+    ones with why."""
     for trial in todo:
         trial.args += ["--mlflow.parent_run_id", parent]
     if not todo:
@@ -278,9 +290,6 @@ def run_sweep(todo: list[Trial], points: list[Trial], known: dict, records: Swee
         record = known.get(trial.key)
         if trial.action == "resume" and record and not has_checkpoint(record.run_dir):
             records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
-    env = {k: str(Path(os.environ[k]).resolve()) if k == "MINARI_DATASETS_PATH" else os.environ[k]
-           for k in ENV_FORWARD if k in os.environ}
-    ray = start_ray(args, env)
     from isep.cli.signals import Stopped, reclaim, received
 
     reclaim()  # (ray.init installed a SIGTERM handler that exits without ending the records)
@@ -361,10 +370,11 @@ def sweep_main(argv: Sequence[str]) -> int:
     if args.dry_run:
         return 0
 
+    ray = start_ray(args, ray_env()) if todo else None  # (a cluster that cannot be joined: before any record)
     parent = records.parent_run({"configs": ",".join(grid.configs), **{f"axis.{k}": ",".join(v) for k, v in grid.axes.items()},
                                  **{f"fixed.{k}": v for k, v in grid.fixed.items()}})
     try:
-        failed = run_sweep(todo, points, known, records, parent, args, name)
+        failed = run_sweep(todo, points, known, records, parent, args, name, ray)
     except BaseException as err:  # stopped (SIGTERM / Ctrl-C) or failed: no record stays RUNNING
         end_records(records, parent, err)
         raise
