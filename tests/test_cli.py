@@ -61,7 +61,8 @@ def test_print_config_shows_the_resolved_values():
     "extra, message",
     [
         (["--model.lamda", "0.3"], "unrecognized arguments: --model.lamda"),
-        (["--model.lam", "abc"], 'Parser key "model.lam"'),
+        (["--model.lam", "abc"], "model.lam must lie in [0, 1), got 'abc'"),
+        (["--trainer.precision", "17"], "trainer.precision must be one of 32-true, bf16-mixed, got 17"),
         (["--data.dataset", "walker2d-medum-v2"], "Did you mean 'walker2d-medium-v2'"),
         (["--data.dataset", "toy/sparse-optimum", "--model.lam", "1.5"], "model.lam must lie in [0, 1)"),
     ],
@@ -70,7 +71,7 @@ def test_bad_config_is_a_clear_error(extra, message, empty_store, capfd):
     out = isep_here(capfd, "fit", "--config", str(CONFIGS / "walker_med.yaml"), *extra)
     assert out.returncode == 2
     assert message in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and len([line for line in out.stderr.splitlines() if line.strip()]) == 1
 
 
 def test_unknown_key_in_a_config_file(tmp_path, capfd):

@@ -54,3 +54,31 @@ def test_a_sweep_that_cannot_join_its_cluster_makes_no_record(tmp_path, capfd, m
     assert "cannot join the Ray cluster at auto" in one_error_line(out)
     client = mlflow.MlflowClient(uri)
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_no_advice_to_load_it_unsafely(tmp_path, capfd):
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("not a checkpoint")
+    error = one_error_line(isep_here(capfd, "evaluate", "--ckpt_path", str(bad), "--no-mlflow", cwd=tmp_path))
+    assert "is not a readable isep checkpoint (its contents are not a torch checkpoint's)" in error
+    assert "weights_only" not in error and bad.read_text() == "not a checkpoint"
+
+
+def test_resuming_a_finished_run_says_it_made_no_update(tmp_path, capfd):
+    fit = [*TOY, "--trainer.default_root_dir", str(tmp_path / "runs"), "--mlflow.enabled", "false"]
+    assert isep_here(capfd, *fit, cwd=tmp_path).returncode == 0
+    again = isep_here(capfd, *fit, "--ckpt_path", "last", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "no update made: the run had already reached its end (10 updates)" in again.stderr
+    assert "updates/s" not in again.stderr
+
+
+def test_compare_says_what_is_missing_and_what_a_score_rule_can_be(tmp_path, capfd):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fit = [*TOY, "--trainer.default_root_dir", str(tmp_path / "runs"), "--mlflow.tracking_uri", uri]
+    assert isep_here(capfd, *fit, "--evaluation.every", "0", cwd=tmp_path).returncode == 0
+    error = one_error_line(isep_here(capfd, "compare", "--tracking_uri", uri, cwd=tmp_path))
+    assert "no run has an evaluation" in error and "--evaluation.every 0" in error and "e.g. eval/normalized_score" not in error
+    assert isep_here(capfd, *fit, "--seed_everything", "1", "--evaluation.every", "1", cwd=tmp_path).returncode == 0
+    out = isep_here(capfd, "compare", "--tracking_uri", uri, "--score", "last:99", "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert out.returncode == 0 and "but no run has more than 1 evaluation" in out.stdout

@@ -55,12 +55,14 @@ def load_run(ckpt: Path, run_dir: Path, device: str, run: int | None = None):
     import torch
     import yaml
 
+    from isep.cli.checkpoints import load_failure, read_checkpoint
     from isep.module import ISEPModule
 
     try:
         module = ISEPModule.load_from_checkpoint(ckpt, map_location=device)
     except Exception as err:  # noqa: BLE001  (a corrupt or foreign file: say so, keep the file)
-        raise ConfigError(f"cannot load {ckpt} as an isep checkpoint ({type(err).__name__}: {err})") from err
+        read_checkpoint(ckpt)  # a missing, truncated or foreign file: its own one line
+        raise ConfigError(f"cannot load {ckpt} as an isep checkpoint ({load_failure(err)})") from err
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: `isep evaluate` reads the run's dataset from it")

@@ -27,13 +27,28 @@ __all__ = ["ClosedUnitInterval", "HalfOpenUnitInterval", "NonNegativeFloat", "No
            "PositiveFloat", "PositiveInt", "RateInterval", "friendly"]
 
 
+# What isep trains in, whatever else Lightning's Trainer lists (`isep.precision` refuses the rest).
+CHOICES = {"trainer.precision": ["32-true", "bf16-mixed"]}
+
+
 def friendly(message: str) -> str:
-    """A bound violated in jsonargparse's words → "KEY must RULE, got VALUE"; other messages as they are."""
+    """jsonargparse's message about one key, in one line: a bound violated → "KEY must RULE, got
+    VALUE"; a value of the wrong type → "KEY must be a number (RULE), got VALUE"; a value outside a
+    set of choices → "KEY must be one of A, B, got VALUE". Other messages as they are."""
     key = re.search(r'Parser key "([^"]+)"', message)
-    broken = re.findall(r"Not of type (\w+): (?:(\S+) )?does not conform to restriction", message)
-    if not key or not broken:
+    given = re.search(r"(?:Given|Got) value: (.+)", message) or re.search(r"with base \d+: '(.*)'", message)
+    got = given.group(1).strip() if given else ""
+    if not key:
         return message
-    rule, value = RULES.get(broken[-1][0], broken[-1][0]), broken[-1][1]
-    given = re.search(r"Given value: (.+)", message)
-    got = value or (given.group(1).strip() if given else "")
-    return f"{key.group(1)} must {rule}, got {got}"
+    key = key.group(1)
+    broken = re.findall(r"Not of type (\w+): (?:(\S+) )?does not conform to restriction", message)
+    if broken:
+        return f"{key} must {RULES.get(broken[-1][0], broken[-1][0])}, got {broken[-1][1] or got}"
+    not_number = re.search(r"Not of type (\w+): (?:could not convert|invalid literal)", message)
+    if not_number:
+        return f"{key} must {RULES.get(not_number.group(1), 'be a number')}, got {got!r}"
+    choices = CHOICES.get(key) or [c.strip(" '") for group in re.findall(r"typing\.Literal\[([^\]]+)\]", message)
+                                   for c in group.split(",")]
+    if choices and "Literal" in message:
+        return f"{key} must be one of {', '.join(dict.fromkeys(choices))}, got {got}"
+    return " ".join(line.strip() for line in message.splitlines())

@@ -83,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentError as err:  # the config parser's own (exit_on_error=False)
         from isep.params import friendly
 
-        print(f"isep: error: {friendly(str(err))}\n  see `isep {command} --help` (isep's options) or "
-              f"`isep {command} --help=full` (every option, Lightning's Trainer included)", file=sys.stderr)
+        print(f"isep: error: {friendly(str(err))}; see `isep {command} --help`", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,14 @@ from isep.runs import ADDED, HASH_EXCLUDE, flat
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")
 
 
+def load_failure(err: Exception) -> str:
+    """Why torch could not load a file, in a few words, without torch's advice to load it unsafely."""
+    text = str(err).strip()
+    if "Weights only load failed" in text or type(err).__name__ == "UnpicklingError":
+        return "its contents are not a torch checkpoint's"
+    return f"{type(err).__name__}: {(text.splitlines() or [''])[0][:160]}"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's dictionary, read as Lightning reads it (`weights_only=True`); a clear
     `ConfigError` for a missing, unreadable, truncated or foreign file (which stays as it is)."""
@@ -31,8 +39,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (truncated zip, a pickle of something else, a text file, ...)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise ConfigError(f"--ckpt_path {path} is not a readable isep checkpoint ({type(err).__name__}: {first}); "
+        raise ConfigError(f"--ckpt_path {path} is not a readable isep checkpoint ({load_failure(err)}); "
                           "it may be truncated (a copy cut short) or another program's file — it was left as it is") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ConfigError(f"--ckpt_path {path} is a torch file but not a Lightning checkpoint of isep "

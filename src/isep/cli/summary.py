@@ -53,9 +53,14 @@ def print_summary(cli, seconds: float) -> None:
     """`isep: done …`: the run folder, MLflow run, updates, wall time and final score of each run."""
     module, trainer = cli.model, cli.trainer
     updates = trainer.global_step
-    rate = f" ({updates / seconds:,.1f} updates/s)" if seconds > 0 and updates else ""
+    made = updates - getattr(module, "first_update", 0)  # this invocation's (a resume starts at its checkpoint)
+    rate = f" ({made / seconds:,.1f} updates/s)" if seconds > 0 and made else ""
     _say(f"isep: done — {cli.claim.folder}")
-    _say(f"  {updates:,} updates, {_duration(seconds)}{rate}")
+    if made == 0 and updates:
+        _say(f"  no update made: the run had already reached its end ({updates:,} updates)")
+    else:
+        since = f" ({made:,} in this fit)" if made != updates else ""
+        _say(f"  {updates:,} updates{since}, {_duration(seconds)}{rate}")
     evaluations = [cb for cb in trainer.callbacks if hasattr(cb, "history") and hasattr(cb, "every")]
     history = evaluations[0].history if evaluations else []
     if history:

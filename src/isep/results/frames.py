@@ -57,9 +57,14 @@ class ScoreRule:
     def name(self) -> str:
         return f"last:{self.k}" if self.kind == "last" else self.kind
 
-    def describe(self) -> str:
-        return {"final": "final — each run's last evaluation (the paper's)",
-                "last": f"last:{self.k} — the mean of each run's last {self.k} evaluations",
+    def describe(self, most: int | None = None) -> str:
+        """What a run's score is; `most`: the most evaluations any counted run has (said when
+        `last:K` asks for more: the score is then the mean of all of them)."""
+        last = f"last:{self.k} — the mean of each run's last {self.k} evaluations"
+        if self.kind == "last" and most is not None and most < self.k:
+            last = (f"last:{self.k} — but no run has more than {most} evaluation{'s' if most != 1 else ''}: "
+                    f"the mean of all of each run's evaluations")
+        return {"final": "final — each run's last evaluation (the paper's)", "last": last,
                 "auc": "auc — the mean of all of each run's evaluations (area under its learning curve)"}[self.kind]
 
     def __call__(self, values: np.ndarray) -> float:
@@ -166,8 +171,13 @@ def _check_metric(frame: pd.DataFrame, metric: str) -> None:
     """A metric that no training run has is a mistake in --metric, not a run to leave out."""
     isep = frame[~frame["left_out"].str.startswith("not isep")]
     if len(isep) and not (isep["metric"] != "").any():
-        raise CompareError(f"no run has the metric {metric!r} ({len(isep)} isep training run(s) in "
-                           f"{', '.join(sorted(set(isep['experiment'])))}): pass --metric with one they logged, "
+        where = f"({len(isep)} isep training run(s) in {', '.join(sorted(set(isep['experiment'])))})"
+        if metric == DEFAULT_METRIC:  # neither it nor the toy bandits' fallback: no evaluation at all
+            raise CompareError(f"no run has an evaluation ({DEFAULT_METRIC} or {FALLBACK_METRIC}) {where}: they were "
+                               "trained with --evaluation.every 0 or stopped before their first; score their checkpoints "
+                               "with `isep evaluate --ckpt_path RUN`, or pass --metric with a training metric "
+                               "(e.g. train/critic/loss)")
+        raise CompareError(f"no run has the metric {metric!r} {where}: pass --metric with one they logged, "
                            f"e.g. {DEFAULT_METRIC}")
 
 

@@ -44,7 +44,8 @@ def header(study: Study, sel: Selection) -> list[str]:
     lines = [f"isep compare — {study.uri}: {_plural(len(counted), 'run')} counted in {_plural(len(exps), 'experiment')} "
              f"({', '.join(exps)}), {_plural(len(study.cells), 'cell')} (task × variant)"
              + (f"; filter: {sel.filter}" if sel.filter else ""),
-             f"score of a run: {study.rule.describe()} (--score final | last:K | auc)"]
+             f"score of a run: {study.rule.describe(int(counted['evaluations'].max()) if len(counted) else None)} "
+             "(--score final | last:K | auc)"]
     used = list(dict.fromkeys(study.cells["metric"]))
     if sel.metric == DEFAULT_METRIC and study.loaded.fallback_tasks:
         for m, tasks in study.loaded.fallback_tasks.items():
