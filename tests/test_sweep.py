@@ -172,7 +172,9 @@ def test_bad_sweeps_stop_before_any_trial(tmp_path, capsys, extra, message):
     code = main(["sweep", "--config", str(CONFIGS / "toy" / "sparse_gaussian.yaml"), "--seeds", "0", "--name", "bad",
                  *TOY, *extra])
     assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert err.index(message) < 80  # the reason first, not after a generated command
     assert not (tmp_path / "runs").exists()  # no run folder, no trial
     assert not runs_of(tmp_path, "bad")
 

@@ -251,5 +251,7 @@ def resolve_fit_config(args: Sequence[str]) -> dict:
     except argparse.ArgumentError as err:
         from isep.params import friendly
 
-        raise ConfigError(f"`isep fit {' '.join(args)}` is not a valid run: {friendly(str(err))}") from None
+        command = " ".join(args)
+        command = command if len(command) <= 120 else command[:117] + "..."
+        raise ConfigError(f"{friendly(str(err))} (in `isep fit {command}`)") from None
     return cli.config.as_dict()

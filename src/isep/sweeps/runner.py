@@ -253,7 +253,9 @@ def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> l
     for result in results:
         trial = by_label[result.config["trial"]]
         if result.error is not None:
-            failed.append((trial, str(result.error).strip().splitlines()[-1][:300]))
+            reason = str(result.error).strip().splitlines()[-1]
+            reason = reason.split("TrialError: ", 1)[-1]  # (Ray's wrapper names the exception first)
+            failed.append((trial, reason[:300]))
         elif args.scheduler == "asha" and result.metrics.get("evaluations", 0) < trial.evaluations:
             trial.early_stopped, trial.note = True, "stopped early by ASHA"
     return failed
