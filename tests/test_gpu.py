@@ -92,6 +92,7 @@ def test_isep_fit_on_the_gpu_takes_the_checked_graph_path(tmp_path, capfd):
 
 
 def test_a_two_trial_sweep_shares_the_gpu(tmp_path):
+    pytest.importorskip("ray", reason="isep sweep needs the `sweep` extra (Ray Tune)")
     from tests.test_sweep import toy
 
     out = run_isep("sweep", "--config", str(CONFIGS / "toy" / "sparse_isep_fm.yaml"), *toy(), "--lam", "0,0.3",
