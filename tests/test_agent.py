@@ -197,3 +197,26 @@ def test_the_agent_and_its_evaluation_import_no_lightning():
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_attach_data_refuses_what_is_not_a_buffer_of_the_agents_shapes():
+    from isep.errors import ConfigError
+    from tests.helpers import make_agent, small_buffer
+
+    agent, buffer = make_agent("gaussian", 0.3), small_buffer()
+    with pytest.raises(ConfigError, match="attach_data takes a TransitionBuffer .* got a dict"):
+        agent.attach_data(vars(buffer), 16)
+    wide = type(buffer)(**{**vars(buffer), "actions": torch.zeros(len(buffer), agent.act_dim + 1)})
+    with pytest.raises(ConfigError, match=r"actions \(500, 3\) \(expected \(500, 2\)\)"):
+        agent.attach_data(wide, 16)
+    agent.attach_data(buffer, 16)  # the right shapes are taken
+
+
+def test_a_state_of_other_settings_is_refused_with_each_difference():
+    from isep.errors import ConfigError
+    from tests.helpers import make_agent
+
+    trained = make_agent("flow", 0.3, guidance=2.0).state_dict()
+    with pytest.raises(ConfigError, match=r"lam \[0.5\] .*, \[0.3\].*guidance"):
+        make_agent("flow", 0.3, guidance=1.0).load_state_dict({**trained, "lam": torch.tensor([[0.5]])})
+    make_agent("flow", 0.3, guidance=2.0).load_state_dict(trained)  # the same settings load

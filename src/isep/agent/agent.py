@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from isep.agent.config import AgentConfig
+from isep.errors import ConfigError
 from isep.agent.hooks import TargetEMAUpdate, UpdateHook, twin_active
 from isep.agent.losses import LossesMixin
 from isep.fast import AcceleratedStep, Mode
@@ -162,7 +163,23 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.value_bound.fill_(max(float(max_abs_reward), 1e-6) * horizon)
 
     def attach_data(self, buffer, batch_size: int) -> None:
-        """The dataset the update draws its batches from (a `TransitionBuffer` on this device)."""
+        """The dataset the update draws its batches from (a `TransitionBuffer` on this device);
+        anything else, or fields of other shapes than the agent's, is a one-line `ConfigError`."""
+        from isep.data.buffer import TransitionBuffer
+
+        if not isinstance(buffer, TransitionBuffer):
+            raise ConfigError(f"attach_data takes a TransitionBuffer (isep.data.buffer: observations, actions, rewards, "
+                              f"next_observations, dones), got a {type(buffer).__name__}: build one with "
+                              "TransitionBuffer(**tensors) or TransitionBuffer.from_transitions(...)")
+        n = len(buffer)
+        expected = {"observations": (n, self.obs_dim), "actions": (n, self.act_dim), "rewards": (n,),
+                    "next_observations": (n, self.obs_dim), "dones": (n,)}
+        wrong = [f"{k} {tuple(getattr(buffer, k).shape)} (expected {v})" for k, v in expected.items()
+                 if tuple(getattr(buffer, k).shape) != v]
+        if wrong or n == 0 or int(batch_size) < 1:
+            what = ", ".join(wrong) if wrong else ("no transitions" if n == 0 else f"batch size {batch_size}")
+            raise ConfigError(f"attach_data: {what}; the agent has obs_dim {self.obs_dim}, act_dim {self.act_dim} "
+                              "and needs a batch size ≥ 1")
         self.buffer, self.batch_size = buffer, int(batch_size)
         self.reset_step()
 
@@ -349,6 +366,21 @@ class ISEPAgent(LossesMixin, nn.Module):
                 state[name] = tensor
         single.load_state_dict(state)
         return single.to(self.device)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As `nn.Module.load_state_dict`, but a state trained with other per-run settings (λ, τ, β,
+        w, policy_mix) is refused with each difference named: the agent's config would otherwise
+        disagree with the values it computes with. Build the agent with the state's settings."""
+        differences = []
+        for name in ("lam", "expectile", "beta", "guidance", "deterministic"):
+            theirs, mine = state_dict.get(name), getattr(self, name)
+            if torch.is_tensor(theirs) and theirs.shape == mine.shape and not torch.equal(theirs.to(mine.device), mine):
+                shown = lambda t: [round(float(v), 6) for v in t.flatten().tolist()]  # noqa: E731
+                differences.append(f"{name} {shown(theirs)} in the state, {shown(mine)} here")
+        if differences:
+            raise ConfigError("the state was trained with other settings than this agent's: " + "; ".join(differences)
+                              + " (build the agent with the state's settings)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def get_extra_state(self) -> dict:
         return {"failures": dict(self.failures), "schedule_total": self.schedule_total,
