@@ -158,9 +158,15 @@ class ISEPAgent(LossesMixin, nn.Module):
         if action_low is not None and action_high is not None:
             self.action_low.copy_(torch.as_tensor(action_low))
             self.action_high.copy_(torch.as_tensor(action_high))
+        self._sync_bounds()
         horizon = 1 / (1 - self.gamma) if self.gamma < 1 else float("inf")
         self.q_bound.fill_(float(max_reward) * horizon)
         self.value_bound.fill_(max(float(max_abs_reward), 1e-6) * horizon)
+
+    def _sync_bounds(self) -> None:
+        """The Gaussian actor's mean spans the action bounds (the flow sampler clips to them)."""
+        if self.actor_kind == "gaussian":
+            self.actor.set_bounds(self.action_low, self.action_high)
 
     def attach_data(self, buffer, batch_size: int) -> None:
         """The dataset the update draws its batches from (a `TransitionBuffer` on this device);
@@ -335,8 +341,8 @@ class ISEPAgent(LossesMixin, nn.Module):
             w = self.guidance if guidance is None else guidance
             weights = self.config.per_run("guidance") if guidance is None else [guidance] * self.runs
             labels = self._labels(weights)
-            a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise, layers=self.precision.sampler,
-                              labels=None if labels is None else labels.to(self.device))
+            a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise, self.action_low, self.action_high,
+                              layers=self.precision.sampler, labels=None if labels is None else labels.to(self.device))
         a = torch.maximum(torch.minimum(a, self.action_high), self.action_low)
         return a.reshape(*lead, a.shape[-1]) if self.runs == 1 else a
 
@@ -390,6 +396,7 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.failures = {int(k): v for k, v in state.get("failures", {}).items()}
         self.schedule_total = state.get("schedule_total")
         self.precision = plan_for(state.get("precision", "32-true"), state.get("bf16_parts", "safe"))
+        self._sync_bounds()  # (the action bounds were loaded with the buffers, before this)
         self._read_at = int(self.updates)  # (loaded before the extra state) metrics count from here
         self.metric_sum.zero_()
         self.reset_step()  # a captured graph would point at the tensors the load replaces

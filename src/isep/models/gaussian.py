@@ -16,7 +16,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 class GaussianActor(nn.Module):
-    """π(a|s) = N(tanh(f(s)), diag(exp(2·log_std))), log_std a free parameter clipped to [-5, 2].
+    """π(a|s) = N(c + h·tanh(f(s)), diag(exp(2·log_std))), log_std a free parameter clipped to [-5, 2];
+    c and h are the centre and half-width of the action box (`set_bounds`; 0 and 1 for IQL's [-1, 1],
+    where the mean is tanh(f(s)) exactly).
 
     (ikostrikov/implicit_q_learning: NormalTanhPolicy with state_dependent_std=False,
     tanh_squash_distribution=False, log_std_min=-5.) The density is written out rather than taken
@@ -39,11 +41,21 @@ class GaussianActor(nn.Module):
         self.net = StackedMLP(runs, obs_dim, hidden, act_dim, "relu", dropout=dropout, generators=generators)
         self.log_std = nn.Parameter(torch.zeros(runs, 1, act_dim))
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        # the action box (derived from the agent's action bounds, which travel with its state)
+        self.register_buffer("center", torch.zeros(act_dim), persistent=False)
+        self.register_buffer("half_width", torch.ones(act_dim), persistent=False)
+
+    @torch.no_grad()
+    def set_bounds(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """The mean spans [low, high] (per action dimension)."""
+        self.center.copy_((high + low) / 2)
+        self.half_width.copy_((high - low) / 2)
 
     def forward(self, obs: torch.Tensor, draws: Draws | None = None,
                 layers: Layers | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (R, B, A) and log-std (R, 1, A); `draws` switch the actor's dropout on (training)."""
-        return torch.tanh(self.net(obs, draws, layers)), self.log_std.clamp(self.log_std_min, self.log_std_max)
+        mean = self.center + self.half_width * torch.tanh(self.net(obs, draws, layers))
+        return mean, self.log_std.clamp(self.log_std_min, self.log_std_max)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, draws: Draws | None = None,
                  layers: Layers | None = None) -> torch.Tensor:
