@@ -28,7 +28,7 @@ def label(row: pd.Series) -> str:
 
 
 def rows(runs: pd.DataFrame) -> list[str]:
-    runs = runs[(runs["left_out"].fillna("") == "") & (runs["actor"] == "flow")].copy()
+    runs = runs[runs["left_out"].isna() & (runs["actor"] == "flow")].copy()  # (empty in the CSV: counted)
     runs["variant"] = runs.apply(label, axis=1)
     scores = {v: g["score"].to_numpy(dtype=float) for v, g in runs.groupby("variant")}
     out = []

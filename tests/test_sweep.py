@@ -209,7 +209,7 @@ def test_guidance_evaluation_errors(tmp_path, capsys):
     bad.parent.mkdir()
     bad.write_text("not a checkpoint")
     assert main(["evaluate", "--ckpt_path", str(bad), "--guidance", "1,2"]) == 2
-    assert "cannot load" in capsys.readouterr().err
+    assert "is not a readable isep checkpoint" in capsys.readouterr().err
     assert bad.read_text() == "not a checkpoint"
     assert main(["evaluate", "--ckpt_path", str(bad), "--guidance", "1,x"]) == 2
     assert "comma-separated numbers" in capsys.readouterr().err
