@@ -171,21 +171,9 @@ class ISEPAgent(LossesMixin, nn.Module):
     def attach_data(self, buffer, batch_size: int) -> None:
         """The dataset the update draws its batches from (a `TransitionBuffer` on this device);
         anything else, or fields of other shapes than the agent's, is a one-line `ConfigError`."""
-        from isep.data.buffer import TransitionBuffer
+        from isep.data.buffer import check_buffer
 
-        if not isinstance(buffer, TransitionBuffer):
-            raise ConfigError(f"attach_data takes a TransitionBuffer (isep.data.buffer: observations, actions, rewards, "
-                              f"next_observations, dones), got a {type(buffer).__name__}: build one with "
-                              "TransitionBuffer(**tensors) or TransitionBuffer.from_transitions(...)")
-        n = len(buffer)
-        expected = {"observations": (n, self.obs_dim), "actions": (n, self.act_dim), "rewards": (n,),
-                    "next_observations": (n, self.obs_dim), "dones": (n,)}
-        wrong = [f"{k} {tuple(getattr(buffer, k).shape)} (expected {v})" for k, v in expected.items()
-                 if tuple(getattr(buffer, k).shape) != v]
-        if wrong or n == 0 or int(batch_size) < 1:
-            what = ", ".join(wrong) if wrong else ("no transitions" if n == 0 else f"batch size {batch_size}")
-            raise ConfigError(f"attach_data: {what}; the agent has obs_dim {self.obs_dim}, act_dim {self.act_dim} "
-                              "and needs a batch size ≥ 1")
+        check_buffer(buffer, self.obs_dim, self.act_dim, batch_size)
         self.buffer, self.batch_size = buffer, int(batch_size)
         self.reset_step()
 

@@ -13,6 +13,26 @@ from isep.rng import Draws, Stream
 Batch = dict[str, torch.Tensor]
 
 
+def check_buffer(buffer, obs_dim: int, act_dim: int, batch_size: int) -> None:
+    """A `TransitionBuffer` of `obs_dim`-sized states and `act_dim`-sized actions, non-empty, and a
+    batch size ≥ 1; anything else is a one-line `ConfigError` saying what to build instead."""
+    from isep.errors import ConfigError
+
+    if not isinstance(buffer, TransitionBuffer):
+        raise ConfigError(f"attach_data takes a TransitionBuffer (isep.data.buffer: observations, actions, rewards, "
+                          f"next_observations, dones), got a {type(buffer).__name__}: build one with "
+                          "TransitionBuffer(**tensors) or TransitionBuffer.from_transitions(...)")
+    n = len(buffer)
+    expected = {"observations": (n, obs_dim), "actions": (n, act_dim), "rewards": (n,), "next_observations": (n, obs_dim),
+                "dones": (n,)}
+    wrong = [f"{k} {tuple(getattr(buffer, k).shape)} (expected {v})" for k, v in expected.items()
+             if tuple(getattr(buffer, k).shape) != v]
+    if wrong or n == 0 or int(batch_size) < 1:
+        what = ", ".join(wrong) if wrong else ("no transitions" if n == 0 else f"batch size {batch_size}")
+        raise ConfigError(f"attach_data: {what}; the agent has obs_dim {obs_dim}, act_dim {act_dim} "
+                          "and needs a batch size ≥ 1")
+
+
 @dataclass
 class TransitionBuffer:
     """All transitions as one tensor per field on the training device.
