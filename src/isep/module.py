@@ -110,7 +110,7 @@ class ISEPModule(L.LightningModule):
         self.planned_updates: int | None = None  # updates of this fit (from the Trainer)
         self.last_metrics: list[dict[str, float]] = []  # each run's latest averaged training metrics
         self.eval_metrics: list[dict[str, float]] = []  # each run's latest validation / test metrics
-        self.first_update = 0  # the update this fit started at (`on_train_start`)
+        self.first_update = 0  # the update this fit started at (a checkpoint's, `on_load_checkpoint`)
         self.routes = None  # each run's loggers and folder (`isep.callbacks.tracking.RunRoutes`; set by the CLI)
         self._val_infos: list[dict[str, torch.Tensor]] = []
 
@@ -224,14 +224,11 @@ class ISEPModule(L.LightningModule):
         self.last_metrics = per_run
         log_runs(self, [{f"train/{k}": v for k, v in m.items()} for m in per_run])
 
-    def on_train_start(self) -> None:
-        self.first_update = self.global_step  # (a resumed fit starts at its checkpoint's update)
-
     def on_train_epoch_end(self) -> None:
         self.flush_metrics()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.first_update = int(checkpoint.get("global_step", 0))  # (a fit with nothing left runs no on_train_start)
+        self.first_update = int(checkpoint.get("global_step", 0))  # what a resumed fit starts from
         upgrade_checkpoint(checkpoint)  # checkpoints written before the agent split load as they are
         self.agent.reset_step()  # a captured graph would point at the tensors the load replaces
 

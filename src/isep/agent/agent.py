@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from isep.agent.config import AgentConfig
-from isep.errors import ConfigError
 from isep.agent.hooks import TargetEMAUpdate, UpdateHook, twin_active
 from isep.agent.losses import LossesMixin
+from isep.errors import ConfigError
 from isep.fast import AcceleratedStep, Mode
 from isep.fast_fallback import ResilientStep
 from isep.models import GaussianActor, TwinQ, ValueFunction, VelocityField, guided_sample
@@ -107,11 +107,13 @@ class ISEPAgent(LossesMixin, nn.Module):
         self.register_buffer("beta", floats("beta").view(r, 1))
         self.register_buffer("guidance", floats("guidance").view(r, 1, 1))
         # The a_π draw (flow actor): its guidance per run and, when every run's is 0 or 1, the one
-        # branch each run needs (host-side facts from the config: the step specialises on them).
-        self.draw_weights = config.draw_guidance()
+        # branch each run needs (host-side facts from the config: the step specialises on them);
+        # the same branches of the trained w, for `act`.
+        draw_weights = config.draw_guidance()
         self.draw_steps = config.draw_steps()
-        self.register_buffer("draw_guidance", torch.tensor(self.draw_weights).view(r, 1, 1), persistent=False)
-        self.register_buffer("draw_labels", self._labels(self.draw_weights), persistent=False)
+        self.register_buffer("draw_guidance", torch.tensor(draw_weights).view(r, 1, 1), persistent=False)
+        self.register_buffer("draw_labels", self._labels(draw_weights), persistent=False)
+        self.register_buffer("act_labels", self._labels(config.per_run("guidance")), persistent=False)
         self.register_buffer("deterministic", torch.tensor([m == "deterministic" for m in config.per_run("policy_mix")]).view(r, 1))
         self.register_buffer("keys", run_keys(self.seeds))
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))  # updates done; keys the draws
@@ -327,10 +329,9 @@ class ISEPAgent(LossesMixin, nn.Module):
             a = self.actor.sample(obs, noise, self.precision.sampler) if stochastic else self.actor.mode(obs, self.precision.actor)
         else:
             w = self.guidance if guidance is None else guidance
-            weights = self.config.per_run("guidance") if guidance is None else [guidance] * self.runs
-            labels = self._labels(weights)
+            labels = self.act_labels if guidance is None else self._labels([guidance] * self.runs)
             a = guided_sample(self.actor, obs, self.config.flow_steps, w, noise, self.action_low, self.action_high,
-                              layers=self.precision.sampler, labels=None if labels is None else labels.to(self.device))
+                              layers=self.precision.sampler, labels=labels)
         a = torch.maximum(torch.minimum(a, self.action_high), self.action_low)
         return a.reshape(*lead, a.shape[-1]) if self.runs == 1 else a
 
