@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
 from typing import Sequence
 
@@ -62,15 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from isep.cli.quiet import quiet
-    from isep.cli.signals import Stopped, received, stop_on_signals
+    from isep.cli.signals import as_stopped, stop_on_signals
 
     quiet()
     try:
         with stop_on_signals():
             return _run(command, argv, from_sys)
     except KeyboardInterrupt as stop:  # SIGTERM / SIGINT: exit as a process killed by it would (143 / 130)
-        # (a library may turn isep's `Stopped` into a plain KeyboardInterrupt: Ray does)
-        stop = stop if isinstance(stop, Stopped) else Stopped(received() or signal.SIGINT)
+        stop = as_stopped(stop)
         if not stop.reported:
             print(f"isep: {command} stopped by {stop.name}", file=sys.stderr, flush=True)
         return stop.exit_code

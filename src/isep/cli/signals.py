@@ -40,6 +40,12 @@ def _stop(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+def as_stopped(err: KeyboardInterrupt) -> Stopped:
+    """isep's `Stopped` for any interrupt: a library may turn it into a plain KeyboardInterrupt (Ray
+    does), whose signal is then the one received (SIGINT when none was: a Ctrl-C Python saw itself)."""
+    return err if isinstance(err, Stopped) else Stopped(received() or signal.SIGINT)
+
+
 def received() -> int | None:
     """The first stop signal received while the current command ran, if any."""
     return _received[0] if _received else None

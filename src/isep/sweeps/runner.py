@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from isep.cli.signals import Stopped, as_stopped, reclaim, received
 from isep.errors import ConfigError, ISEPError
 from isep.runs import STACK_FIELDS, run_checkpoint, run_seed
 from isep.sweeps.grid import Grid, parse_grid
@@ -292,9 +293,6 @@ def run_sweep(todo: list[Trial], points: list[Trial], known: dict, records: Swee
         record = known.get(trial.key)
         if trial.action == "resume" and record and not has_checkpoint(record.run_dir):
             records.mark(record.run_id, "KILLED", **{"isep.interrupted": "true"})
-    from isep.cli.signals import Stopped, reclaim, received
-
-    reclaim()  # (ray.init installed a SIGTERM handler that exits without ending the records)
     gpus = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
     threads = max(1, int(args.cpus_per_run))
     try:
@@ -316,13 +314,9 @@ def run_sweep(todo: list[Trial], points: list[Trial], known: dict, records: Swee
 def end_records(records: SweepRecords, parent: str, err: BaseException) -> None:
     """A sweep that stopped: its parent record and its trials still RUNNING say KILLED (a stop signal,
     Ctrl-C) or FAILED (an error), with why; a re-run of the sweep resumes them from their checkpoints."""
-    import signal
-
-    from isep.cli.signals import received
-
     stopped = isinstance(err, KeyboardInterrupt)  # (isep's `Stopped`, or what Ray made of it)
     status = "KILLED" if stopped else "FAILED"
-    reason = f"stopped by {signal.Signals(received() or signal.SIGINT).name}" if stopped else f"{type(err).__name__}: {err}"[:500]
+    reason = f"stopped by {as_stopped(err).name}" if stopped else f"{type(err).__name__}: {err}"[:500]
     try:
         for record in records.trials().values():
             if record.status == "RUNNING":
@@ -373,6 +367,7 @@ def sweep_main(argv: Sequence[str]) -> int:
         return 0
 
     ray = start_ray(args, ray_env()) if todo else None  # (a cluster that cannot be joined: before any record)
+    reclaim()  # (ray.init installed a SIGTERM handler that exits without ending the records)
     parent = records.parent_run({"configs": ",".join(grid.configs), **{f"axis.{k}": ",".join(v) for k, v in grid.axes.items()},
                                  **{f"fixed.{k}": v for k, v in grid.fixed.items()}})
     try:
