@@ -204,7 +204,4 @@ def test_a_stack_without_loggers_keeps_each_run_apart(tmp_path, capsys):
     assert main([*common, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
     (stack,) = run_folders(tmp_path / "runs")
     assert len(list(stack.glob("run*/eval_returns.jsonl"))) == 2 and not (stack / "eval_returns.jsonl").exists()
-    assert not list(stack.rglob("metrics.csv"))
-    custom = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}})
-    assert main([*common, "--trainer.logger", custom, "--trainer.default_root_dir", str(tmp_path / "other")]) == 2
-    assert "each run to its own" in capsys.readouterr().err
+    assert not list(stack.rglob("metrics.csv"))  # (a given logger gives each run its own stream: test_loggers)

@@ -51,4 +51,28 @@ def friendly(message: str) -> str:
                                    for c in group.split(",")]
     if choices and "Literal" in message:
         return f"{key} must be one of {', '.join(dict.fromkeys(choices))}, got {got}"
-    return " ".join(line.strip() for line in message.splitlines())
+    line = " ".join(part.strip() for part in message.splitlines())
+    return _class_problem(key, line) or line
+
+
+def _class_problem(key: str, message: str) -> str | None:
+    """A class-typed option (`--trainer.logger`, `--trainer.callbacks`): what is wrong with the class
+    given, in one line, or None."""
+    given = re.search(r"Problem with given class_path '([\w.]+)': (.+?)(?: - |$)", message)
+    if given:
+        name, problem = given.group(1).rsplit(".", 1)[-1], given.group(2)
+        missing = re.search(r"the following arguments are required: ([\w, ]+)", problem)
+        if missing:
+            args = [a.strip() for a in missing.group(1).split(",")]
+            return f"{key} {name} needs {', '.join(args)}: add " + " ".join(f"--{key}.{a} VALUE" for a in args)
+        unknown = re.search(r"Option '(\w+)' is not accepted", problem)
+        if unknown:
+            return (f"{key} {name} has no option {unknown.group(1)!r}; its options: "
+                    f"`isep fit --{key}.help {name}`")
+        return f"{key} {name}: {problem}"
+    path = re.search(r"Expected a dot import path string: (\S+)", message) or re.search(
+        r"Expected a path but (\S+) either not accessible", message)
+    if path:
+        return (f"{key}: no class {path.group(1)!r}; give a class name Lightning knows (e.g. TensorBoardLogger, "
+                "CSVLogger, WandbLogger) or a full import path (package.module.Class)")
+    return None

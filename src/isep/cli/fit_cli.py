@@ -21,8 +21,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
 from isep.callbacks.evaluation import RolloutEvaluation
-from isep.callbacks.tracking import run_routes
+from isep.callbacks.tracking import RunCSVLogger, run_routes
 from isep.cli.checkpoints import check_resume, read_checkpoint, resume_precision
+from isep.cli.extra_loggers import check_logger_packages, check_stackable, extra_loggers, logger_specs
 from isep.cli.run_setup import RunClaim, build_routes, log_run_params, run_folder_of
 from isep.cli.signals import Stopped, received
 from isep.cli.stopped import report_stop
@@ -64,6 +65,8 @@ class SaveRunConfig(SaveConfigCallback):
                 if isinstance(logger, MLFlowLogger):
                     log_run_params(logger, params)
                     logger.experiment.log_artifact(logger.run_id, str(run_file))
+                elif not isinstance(logger, RunCSVLogger):  # a given logger (TensorBoard, W&B, ...): the same params
+                    logger.log_hyperparams(params)
 
 
 class ISEPCLI(LightningCLI):
@@ -121,6 +124,10 @@ class ISEPCLI(LightningCLI):
                   f"{default} would start another run)", file=sys.stderr)
         cfg.trainer.precision = normalize(given or resumed or default)
         check_device(cfg.trainer.precision, device)
+        specs = logger_specs(cfg.trainer.as_dict().get("logger"))
+        check_logger_packages(specs)
+        if stack_size(cfg.as_dict()) > 1:
+            check_stackable(specs)
         if self.check_only:
             return
         plain = cfg.as_dict()
@@ -182,13 +189,14 @@ class ISEPCLI(LightningCLI):
         configured = configured if isinstance(configured, list) else [configured]
         kwargs["callbacks"] = callbacks + configured + list(kwargs.get("callbacks") or [])
         logger, routes = plain["trainer"].get("logger"), None
-        if logger in (None, True):
+        if logger is not False:  # isep's own records, and any given logger beside them, per run
             routes = build_routes(self.claim, plain, self.subcommand, self.resuming)
+            given = self._get(self.config_init, "trainer", default={}).get("logger")
+            extra = extra_loggers(logger_specs(logger), given, routes.folders, self.claim.folder.name)
+            for own, more in zip(routes.loggers, extra):
+                own.extend(more)
             kwargs["logger"] = [lg for loggers in routes.loggers for lg in loggers]
         elif stack_size(plain) > 1:  # each run of a stack keeps its own folder, even without loggers
-            if logger is not False:
-                raise ConfigError("a stack logs each run to its own CSV and MLflow records: leave --trainer.logger "
-                                  "unset (or false), or train the runs apart")
             routes = build_routes(self.claim, plain, self.subcommand, self.resuming, loggers=False)
         trainer = super().instantiate_trainer(**kwargs)
         self.model.routes = routes

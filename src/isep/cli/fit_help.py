@@ -17,16 +17,17 @@ TRAINER = {
     "trainer.accelerator": "cpu, gpu, auto",
     "trainer.check_val_every_n_epoch": "epochs between validation losses on fixed batches",
     "trainer.enable_progress_bar": "the progress line (updates, updates/s, losses, score)",
+    "trainer.logger+": "add a logger beside isep's MLflow run and CSV: TensorBoardLogger, CSVLogger, WandbLogger (+ .save_dir DIR)",
     "trainer.callbacks+": "add a callback (e.g. isep.callbacks.target_ema.TargetEMA --trainer.callbacks.rate 0.01)",
 }
 GENERAL = {
-    "config": "a YAML config (configs/<task>.yaml: the paper's Appendix C values, each with its source)",
+    "config": "a YAML config (configs/<task>.yaml: the paper's Appendix C values)",
     "print_config": "print the resolved config and stop",
     "seed_everything": "the run's seed (initial weights and every random draw)",
-    "ckpt_path": "resume: a checkpoint file, or `last` (the newest run folder of these settings)",
+    "ckpt_path": "a checkpoint to resume, or `last` (this config's newest run)",
     "stack.lam, --stack.seed, ...": "train the product of these values (also .expectile, .beta, .guidance, .policy_guidance, "
                                     ".policy_mix) as runs stacked in one model",
-    "mlflow.enabled, --mlflow.tracking_uri": "the MLflow record (default: sqlite:///mlflow.db in the working folder)",
+    "mlflow.enabled, --mlflow.tracking_uri": "the MLflow record (default: sqlite:///mlflow.db here)",
 }
 
 
