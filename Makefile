@@ -5,7 +5,7 @@ ISEP   := $(VENV)/bin/isep
 # The CPU wheel on this machine's disk; a looser pin pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all bench gpu-check configs figures clean
+.PHONY: install demo test test-all bench gpu-check configs figures docs clean
 
 install: $(VENV)/.installed
 
@@ -37,8 +37,11 @@ figures: install       ## Figures 2, 5, 6, 7 (sweeps on ../shared/data/minari an
 	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig6 --spec configs/figures/fig6_local.yaml
 	MINARI_DATASETS_PATH=$(abspath ../shared/data/minari) $(ISEP) figure fig7 --spec configs/figures/fig7_local.yaml
 
+docs: install          ## the site: README's guides, every command's --help, the API from the docstrings → site/ (warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 configs: install       ## regenerate configs/*.yaml from the Appendix C tables in configs/generate.py
 	$(PY) configs/generate.py
 
 clean:
-	rm -rf outputs runs bench-results gpu-check .pytest_cache
+	rm -rf outputs runs bench-results gpu-check .pytest_cache site

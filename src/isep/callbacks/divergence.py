@@ -24,7 +24,11 @@ WATCHED = ("q/", "v/", "q_pi/mean")  # metrics whose size is bounded by the larg
 
 
 class DivergenceGuard(L.Callback):
-    """Args: factor: the bound's multiple of max |r| / (1 − γ); default the model's `divergence_factor`."""
+    """Stop a run whose values blow up (a non-finite metric, or |Q|, |V| beyond the bound).
+
+    Args:
+        factor: the bound's multiple of max |r| / (1 − γ); default the model's `divergence_factor`.
+    """
 
     def __init__(self, factor: float | None = None) -> None:
         super().__init__()

@@ -50,7 +50,8 @@ class D4RLDataModule(L.LightningDataModule):
         obs_keys: for dict observations (Kitchen), the keys to keep, flattened in this order;
             all keys when unset.
         download: let Minari download a dataset missing from the local store.
-        toy_size, toy_seed: size and seed of a toy bandit's dataset.
+        toy_size: size of a toy bandit's dataset (transitions).
+        toy_seed: seed of a toy bandit's dataset.
         val_batches: batches in the (fixed) validation/test set.
 
     Training batches are drawn by the model's update itself, on the device, from the buffer this
