@@ -93,7 +93,7 @@ def test_cuda_graph_replays_the_eager_update(variant):
     agents = {}
     for fast in (False, True):
         agent = ready_variant(variant).cuda()
-        agent.attach_data(TransitionBuffer(**{k: v.cuda() for k, v in vars(small_buffer()).items()}), 16)
+        agent.attach_data(small_buffer().to("cuda"), 16)
         agents[fast] = agent
     step_e, step_g = agents[False].step_function("eager"), agents[True].step_function("graph")
     assert isinstance(step_g, AcceleratedStep) and step_g.mode == "graph"

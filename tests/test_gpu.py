@@ -21,7 +21,7 @@ def on_gpu(actor: str, lam, **kw):
     from isep.data.buffer import TransitionBuffer
 
     agent = ready_agent(actor, lam, **kw).cuda()
-    agent.attach_data(TransitionBuffer(**{k: v.cuda() for k, v in vars(small_buffer()).items()}), 16)
+    agent.attach_data(small_buffer().to("cuda"), 16)
     return agent
 
 

@@ -86,7 +86,7 @@ def test_the_cuda_graph_captures_the_bf16_step(actor):
     agents = {}
     for mode in ("eager", "graph"):
         agent = ready_agent(actor, 0.3).cuda()
-        agent.attach_data(TransitionBuffer(**{k: v.cuda() for k, v in vars(small_buffer()).items()}), 16)
+        agent.attach_data(small_buffer().to("cuda"), 16)
         agent.set_precision("bf16-mixed")
         step = agent.step_function(mode)
         for _ in range(8):  # graph: 3 warm-up updates, the capture, then replays

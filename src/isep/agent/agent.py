@@ -52,7 +52,8 @@ class ISEPAgent(LossesMixin, nn.Module):
     """Twin Q, V and a Gaussian or flow actor, their three optimizers and the update.
 
     Args:
-        obs_dim, act_dim: sizes of states and actions.
+        obs_dim: size of states.
+        act_dim: size of actions.
         config: the hyper-parameters (`AgentConfig`); or give its fields as keywords.
     """
 
@@ -150,13 +151,16 @@ class ISEPAgent(LossesMixin, nn.Module):
     # -- set-up ---------------------------------------------------------------------------------
 
     def set_data_stats(
-        self, obs_mean: torch.Tensor, obs_std: torch.Tensor, max_reward: torch.Tensor, max_abs_reward: torch.Tensor,
-        action_low: torch.Tensor | None = None, action_high: torch.Tensor | None = None,
+        self, obs_mean: torch.Tensor | None = None, obs_std: torch.Tensor | None = None, max_reward: float = 1.0,
+        max_abs_reward: float = 1.0, action_low: torch.Tensor | None = None, action_high: torch.Tensor | None = None,
     ) -> None:
-        """State normalisation, the bounds of Q̂ (clip and divergence) and the action bounds (the
-        dataset's action space; ±1 when not given)."""
-        self.obs_mean.copy_(torch.as_tensor(obs_mean))
-        self.obs_std.copy_(torch.as_tensor(obs_std))
+        """The bounds of Q̂ (clip and divergence; from the data's rewards), the action bounds (the
+        dataset's action space; ±1 when not given) and, optionally, the state statistics. These are
+        the buffer's to give (`TransitionBuffer.normalized`; `attach_data` takes them from it):
+        given here, they must be the buffer's, else `attach_data` refuses the pair."""
+        if obs_mean is not None and obs_std is not None:
+            self.obs_mean.copy_(torch.as_tensor(obs_mean))
+            self.obs_std.copy_(torch.as_tensor(obs_std))
         if action_low is not None and action_high is not None:
             self.action_low.copy_(torch.as_tensor(action_low))
             self.action_high.copy_(torch.as_tensor(action_high))
@@ -171,11 +175,14 @@ class ISEPAgent(LossesMixin, nn.Module):
             self.actor.set_bounds(self.action_low, self.action_high)
 
     def attach_data(self, buffer, batch_size: int) -> None:
-        """The dataset the update draws its batches from (a `TransitionBuffer` on this device);
-        anything else, or fields of other shapes than the agent's, is a one-line `ConfigError`."""
-        from isep.data.buffer import check_buffer
+        """The dataset the update draws its batches from (a `TransitionBuffer` on this device), and
+        its state statistics for `act()`; anything else, fields of other shapes than the agent's,
+        or statistics that disagree with the buffer's, is a one-line `ConfigError`."""
+        from isep.data.buffer import adopt_statistics, check_buffer
 
         check_buffer(buffer, self.obs_dim, self.act_dim, batch_size)
+        mean, std = adopt_statistics(buffer, self.obs_mean, self.obs_std)  # act() sees the states training saw
+        self.obs_mean.copy_(mean), self.obs_std.copy_(std)
         self.buffer, self.batch_size = buffer, int(batch_size)
         self.reset_step()
 

@@ -25,6 +25,8 @@ def check_buffer(buffer, obs_dim: int, act_dim: int, batch_size: int) -> None:
     n = len(buffer)
     expected = {"observations": (n, obs_dim), "actions": (n, act_dim), "rewards": (n,), "next_observations": (n, obs_dim),
                 "dones": (n,)}
+    if buffer.obs_mean is not None:
+        expected.update(obs_mean=(obs_dim,), obs_std=(obs_dim,))
     wrong = [f"{k} {tuple(getattr(buffer, k).shape)} (expected {v})" for k, v in expected.items()
              if tuple(getattr(buffer, k).shape) != v]
     if wrong or n == 0 or int(batch_size) < 1:
@@ -33,11 +35,19 @@ def check_buffer(buffer, obs_dim: int, act_dim: int, batch_size: int) -> None:
                           "and needs a batch size ≥ 1")
 
 
+FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
+
+
 @dataclass
 class TransitionBuffer:
     """All transitions as one tensor per field on the training device.
 
     `dones` is 1 only at true terminations: time-limit ends are bootstrapped through (Eq. 3).
+
+    State normalization is the buffer's: `obs_mean` / `obs_std` are the statistics its states were
+    standardized with (None: the states are raw). Build a normalized buffer with
+    `from_transitions(..., obs_mean=, obs_std=)` or `normalized(mean, std)`, never by hand;
+    `ISEPAgent.attach_data` gives the agent the same statistics for `act()` (`adopt_statistics`).
     """
 
     observations: torch.Tensor
@@ -45,6 +55,8 @@ class TransitionBuffer:
     rewards: torch.Tensor
     next_observations: torch.Tensor
     dones: torch.Tensor
+    obs_mean: torch.Tensor | None = None
+    obs_std: torch.Tensor | None = None
 
     @classmethod
     def from_transitions(
@@ -57,24 +69,35 @@ class TransitionBuffer:
     ) -> "TransitionBuffer":
         """Copy host arrays to `device` once, scaling rewards and normalizing states there."""
         to = lambda x: torch.as_tensor(x, dtype=torch.float32).to(device)  # noqa: E731
-        obs, next_obs = to(data.observations), to(data.next_observations)
-        if obs_mean is not None and obs_std is not None:
-            mean, std = obs_mean.to(device), obs_std.to(device)
-            obs, next_obs = (obs - mean) / std, (next_obs - mean) / std
-        return cls(
-            observations=obs,
+        buffer = cls(
+            observations=to(data.observations),
             actions=to(data.actions),
             rewards=to(data.rewards) * reward_scale,
-            next_observations=next_obs,
+            next_observations=to(data.next_observations),
             dones=to(data.terminals),
         )
+        return buffer.normalized(obs_mean, obs_std) if obs_mean is not None and obs_std is not None else buffer
+
+    def normalized(self, obs_mean: torch.Tensor, obs_std: torch.Tensor) -> "TransitionBuffer":
+        """The same transitions with states standardized, (s − mean) / std, and the statistics kept."""
+        from isep.errors import ConfigError
+
+        if self.obs_mean is not None:
+            raise ConfigError("this buffer's states are normalized already (its obs_mean/obs_std are set): normalize "
+                              "the raw transitions once")
+        mean, std = (torch.as_tensor(x, dtype=torch.float32).to(self.device) for x in (obs_mean, obs_std))
+        fields = {name: getattr(self, name) for name in FIELDS}
+        fields["observations"] = (self.observations - mean) / std
+        fields["next_observations"] = (self.next_observations - mean) / std
+        return TransitionBuffer(**fields, obs_mean=mean, obs_std=std)
 
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
     def to(self, device: torch.device | str) -> "TransitionBuffer":
-        """The same transitions on `device`."""
-        return TransitionBuffer(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+        """The same transitions (and statistics) on `device`."""
+        return TransitionBuffer(**{name: None if getattr(self, name) is None else getattr(self, name).to(device)
+                                   for name in self.__dataclass_fields__})
 
     @property
     def device(self) -> torch.device:
@@ -93,6 +116,26 @@ class TransitionBuffer:
     def sample(self, draws: Draws, batch_size: int) -> Batch:
         """A uniform batch for each of the draws' R runs, (R, batch_size, ·), drawn on the device."""
         return self.gather(draws.randint(Stream.BATCH, (batch_size,), len(self)))
+
+
+def adopt_statistics(buffer: TransitionBuffer, obs_mean: torch.Tensor, obs_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state statistics an agent must use for `act()` with this buffer: the buffer's own. The
+    agent's current ones (`set_data_stats`) must be those, or none (0 and 1); anything else would
+    train on one scale and act on another, a one-line `ConfigError`."""
+    from isep.errors import ConfigError
+
+    identity = bool((obs_mean == 0).all() and (obs_std == 1).all())
+    if buffer.obs_mean is None:
+        if not identity:
+            raise ConfigError("set_data_stats gave state statistics (obs_mean/obs_std) but the buffer's states are raw: "
+                              "the buffer normalizes, so build it with TransitionBuffer.from_transitions(..., obs_mean=, "
+                              "obs_std=) or buffer.normalized(mean, std), and leave them out of set_data_stats")
+        return obs_mean, obs_std
+    mean, std = buffer.obs_mean.to(obs_mean.device), buffer.obs_std.to(obs_std.device)
+    if not identity and not (torch.allclose(obs_mean, mean) and torch.allclose(obs_std, std)):
+        raise ConfigError("set_data_stats gave other state statistics than the buffer was normalized with: leave "
+                          "obs_mean/obs_std out of set_data_stats (the agent takes the buffer's)")
+    return mean, std
 
 
 def state_normalizer(observations, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
