@@ -136,6 +136,12 @@ def test_stacked_records_read_back_like_separate_runs(tmp_path, capsys):
         assert differ <= {"trainer.default_root_dir", "mlflow.experiment", "stack.lam", "stack.seed"}
         assert s.data.metrics["eval/expected_reward"] == a.data.metrics["eval/expected_reward"]
         assert {"run_dir", "isep.stack", "isep.stack_index"} <= set(s.data.tags)
+    # together, a stacked run and a separate run of one seed count once, and compare says they are
+    # two computations of the same settings, not a re-run of one
+    capsys.readouterr()
+    assert compare_main(["--experiment", "stacked,apart", "--out", str(tmp_path / "both")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert said.count("one ran in a stack, the other alone") == 4, said
 
 
 def test_stacked_resume_equals_an_uninterrupted_stack(tmp_path):

@@ -104,7 +104,8 @@ def _row(run, experiment: str) -> dict:
            "policy_mix": _tag_or_param(run, "policy_mix", "model.policy_mix") or "stochastic",
            "seed": _tag_or_param(run, "seed", "seed_everything") or "?", "metric": "", "evaluations": 0,
            "last_step": -1, "score": math.nan, "run_dir": tags.get("run_dir") or "",
-           "failure_reason": (tags.get("failure_reason") or "").split("\n")[0][:160], "left_out": ""}
+           "failure_reason": (tags.get("failure_reason") or "").split("\n")[0][:160], "left_out": "",
+           "stacked": "isep.stack" in tags}
     row.update({k: v for k, v in run.data.params.items() if k.startswith(("model.", "data.")) and k not in KEY_PARAMS})
     return _precision_settings(row, run.data.params)
 
@@ -210,12 +211,18 @@ def _add_settings(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mark_duplicate_seeds(frame: pd.DataFrame) -> pd.DataFrame:
-    """A seed counts once per cell: the newest run of it; older ones are left out (and said)."""
+    """A seed counts once per cell: the newest run of it; older ones are left out (and said). A
+    stacked and a separate run of one seed are said apart: they are not a re-run of one computation
+    (a stack equals its runs alone only within float rounding, and training lets the gap grow)."""
     ok = frame[frame["left_out"] == ""].sort_values("start_time")
     older = ok[ok.duplicated(CELL + ["seed"], keep="last")]
     for index, row in older.iterrows():
         newest = ok[(ok[CELL + ["seed"]] == row[CELL + ["seed"]]).all(axis=1)].iloc[-1]
-        frame.loc[index, "left_out"] = f"duplicate seed: newer run {newest['run_name']} [{newest['run_id'][:8]}] counts"
+        how = ""
+        if bool(row.get("stacked")) != bool(newest.get("stacked")):
+            how = (f" (one ran in a stack, the other alone: the same settings, not the same computation; "
+                   f"scores {row['score']:.4g} and {newest['score']:.4g})")
+        frame.loc[index, "left_out"] = f"duplicate seed: newer run {newest['run_name']} [{newest['run_id'][:8]}] counts{how}"
     return frame
 
 
