@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install          ## train Gaussian, λ = 0 and ISEP-FM on the toy bandit, write outputs/demo/figure1.png
 	MPLBACKEND=Agg $(ISEP) demo --out outputs/demo
 
-test: install          ## the default suite (CPU, 12-16 minutes on 2 cores, by CPU); CI runs exactly this
+test: install          ## the default suite (CPU, 12-16 minutes on 2 cores, by CPU); CI runs this, then `make docs`
 	$(PY) -m pytest -q
 
 test-all: install      ## also the long checks marked `slow`

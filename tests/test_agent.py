@@ -15,12 +15,12 @@ from isep.cli import main
 from tests.conftest import CONFIGS
 from tests.helpers import ready_agent, run_folders
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "guides" / "agent.md"  # the plain loop's page
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints_v0_1"
 
 
 def readme_loop() -> str:
-    """The plain loop of the README (the python block after `<!-- plain-loop -->`)."""
+    """The plain loop of the agent guide (the python block after `<!-- plain-loop -->`)."""
     text = README.read_text()
     return re.search(r"<!-- plain-loop -->\s*```python\n(.*?)```", text, re.S).group(1)
 

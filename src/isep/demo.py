@@ -20,7 +20,7 @@ VARIANTS = (
     ("sparse_isep_fm.yaml", "ISEP-FM"),
 )
 SUBOPTIMUM = (-0.5, -0.5)
-# What 5 seeds per setting said (README "ISEP-FM's a_π draw, and the Figure 1 claim measured"; one demo run is one seed).
+# What 5 seeds per setting said (docs/guides/policy-draw.md; one demo run is one seed).
 MEASURED = """\
 Measured over 5 seeds per setting (3,000 updates; E[r] of the final policy, mean [95 % bootstrap CI]):
   CFGRL (λ = 0)                        0.613 [0.572, 0.639]
@@ -28,7 +28,7 @@ Measured over 5 seeds per setting (3,000 updates; E[r] of the final policy, mean
   ISEP-FM λ 0.3, a_π drawn at w = 2    0.467 [0.440, 0.500]   vs CFGRL −0.146 [−0.188, −0.094], P(>) 0.00
   ISEP-FM λ 0.1, a_π drawn at w = 1    0.613 [0.489, 0.725]   vs CFGRL +0.000 [−0.125, +0.117], P(>) 0.56
 The paper's Figure 1 claim (ISEP-FM above CFGRL on this bandit) does not reproduce here: no setting beats
-CFGRL with a CI above 0. Commands and the full table: README, "ISEP-FM's a_π draw, and the Figure 1 claim measured"."""
+CFGRL with a CI above 0. Commands and the full table: docs/guides/policy-draw.md."""
 
 
 def train_variant(config: Path, root: Path, extra: Sequence[str] = ()):

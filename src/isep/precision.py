@@ -7,7 +7,7 @@ and inputs (oneDNN and cuBLAS accumulate them in fp32) and hands float32 back. T
 of ISEP-FM's FLOP at λ > 0), the actor's training pass, and the hidden layers and the output
 heads of the critics (online and target) and of V.
 
-The rule (`bf16_parts`, measured by `benchmarks/precision_parts.py`, README "Precision"):
+The rule (`bf16_parts`, measured by `benchmarks/precision_parts.py`, docs/guides/precision-and-speed.md, "Precision"):
 - `safe` (default of `--trainer.precision bf16-mixed`): the sampler, the actor, and the hidden
   layers of the critics and of V in bf16; the heads of the critics and V in fp32. Q̂ is 100-300 on
   locomotion, where bf16's spacing (0.5-2) is larger than many TD errors: a bf16 head would round
@@ -130,7 +130,7 @@ def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 # Where bf16 is native, `--trainer.precision` defaults to this: the fastest setting that passed the
-# fidelity check of README "Precision" (fp32 against bf16-mixed, 3 seeds × 4 variants on
+# fidelity check of docs/guides/precision-and-speed.md, "Precision" (fp32 against bf16-mixed, 3 seeds × 4 variants on
 # local/halfcheetah/medium-v0, `benchmarks/precision_fidelity.py`). bf16-mixed has not passed it
 # (the Gaussian actor at λ 0.3 scored 2.5 points lower on the final evaluation, a CI excluding 0 at
 # 3 seeds; the other three variants, ISEP-FM λ 0.3 included, agree within seed noise), so the

@@ -20,7 +20,7 @@ Small samples: the percentile bootstrap is too narrow with few runs. At 3 runs t
 of the mean is the range of the three scores (a resample of three copies of the lowest has
 probability 1/27 > 2.5 %), which holds the true mean with probability 1 − 2 · (1/2)³ = 75 % (any
 continuous distribution whose mean is its median). On normal data (200 repetitions each) it
-covers the mean in 82.5 % of the repetitions at 5 runs, 91 % at 10, 94 % at 20 (README). A verdict
+covers the mean in 82.5 % of the repetitions at 5 runs, 91 % at 10, 94 % at 20 (docs/guides/comparing-runs.md). A verdict
 at 3 seeds is a first look.
 """
 
