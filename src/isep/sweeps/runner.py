@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Sequence
 from isep.cli.signals import Stopped, as_stopped, reclaim, received
 from isep.errors import ConfigError, ISEPError
 from isep.runs import STACK_FIELDS, run_checkpoint, run_seed
+from isep.sweeps.cluster import check_address, start_ray
 from isep.sweeps.grid import Grid, parse_grid
 from isep.sweeps.records import EARLY_STOP_TAG, SweepRecords, TrialRecord, absolute_uri
 
@@ -191,38 +191,6 @@ def has_checkpoint(run_dir: str | None) -> bool:
     return bool(run_dir) and run_checkpoint(Path(run_dir))[0].is_file()
 
 
-def check_address(address: str) -> None:
-    """Fail at once, with the fix, when a host:port cluster address cannot be reached."""
-    if address == "auto" or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
-            return
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot reach a Ray cluster at {address} ({err}); start one (`ray start --head`) "
-                          "or leave out --address to run a local Ray") from None
-
-
-def start_ray(args, env: dict[str, str]):
-    import ray
-
-    runtime_env = {"env_vars": env}
-    try:
-        if args.address:
-            ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=True)
-        else:
-            ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, runtime_env=runtime_env, include_dashboard=False)
-    except ConnectionError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot join the Ray cluster at {args.address} ({first}); start one (`ray start --head`) "
-                          "or leave out --address to run a local Ray") from None
-    except ImportError as err:  # ray:// needs Ray's client
-        raise ConfigError(f"--address {args.address} joins through Ray's client, which is not installed ({err.name or err}): "
-                          "pip install 'ray[client]'") from None
-    return ray
-
-
 def run_grid(todo: list[Trial], args, name: str, threads: int, gpus: float) -> list[tuple[Trial, str]]:
     """Run the trials on Tune; returns (trial, error) for those that failed."""
     from ray import tune
@@ -331,6 +299,8 @@ def sweep_main(argv: Sequence[str]) -> int:
     args, grid_options = parser.parse_known_args(argv)
     grid = parse_grid(grid_options)
     name = args.name or sweep_name(grid)
+    if args.address:  # before the imports below (Lightning, seconds): a wrong address fails at once
+        check_address(args.address)
     from isep.callbacks.tracking import tracking_uri
 
     uri = absolute_uri(tracking_uri(args.tracking_uri))
@@ -342,8 +312,6 @@ def sweep_main(argv: Sequence[str]) -> int:
     if args.stack < 1:
         raise ConfigError("--stack takes the number of runs per stacked trial (≥ 1)")
 
-    if args.address:
-        check_address(args.address)
     try:
         import ray  # noqa: F401
     except ImportError:
