@@ -25,8 +25,9 @@ test: install          ## the default suite (CPU, 12-16 minutes on 2 cores, by C
 test-all: install      ## also the long checks marked `slow`
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: install         ## updates/s vs a CORL-style step, eager/fast, loop/fit, stacked runs; JSON + Markdown in bench-results/
+bench: install         ## updates/s vs a CORL-style step, eager/fast, loop/fit, stacked runs, a stack's drift from its runs alone; JSON + Markdown in bench-results/
 	$(PY) benchmarks/throughput.py --out bench-results
+	$(PY) benchmarks/stack_drift.py --out bench-results
 
 gpu-check:             ## on a machine with a CUDA GPU: the GPU tests and `isep bench --device cuda --quick` in 8 minutes → gpu-check/
 	python3 scripts/gpu_check.py

@@ -35,6 +35,9 @@ def separate(config: dict, run: int) -> dict:
 
 @pytest.mark.parametrize("actor", ["gaussian", "flow"])
 def test_a_stack_equals_its_runs_trained_apart(actor):
+    """After 5 updates, every tensor of each run of a stack equals that run trained alone within
+    float32 rounding (rtol 1e-5): the same math, summed in another order. Not bit for bit, and the
+    gap grows with training (`benchmarks/stack_drift.py`: 5.5e-6 after 1 update, 0.27 after 300)."""
     config = dict(STACKS[actor])
     kind, lam = config.pop("actor"), config.pop("lam")
     stack = ready_agent(kind, lam, max_reward=0.0, **config)
