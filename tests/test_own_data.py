@@ -99,3 +99,10 @@ def test_a_dict_or_a_wrong_shape_is_one_line_at_attach_data(given, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as caught:
         agent.attach_data(given, 4)
     assert "\n" not in str(caught.value)
+
+
+def test_states_of_the_wrong_size_are_one_line_at_act():
+    agent = make_agent("flow", 0.3)
+    with pytest.raises(ValueError, match=re.escape("act() takes states of size 3 (the agent's obs_dim) in the last "
+                                                   "dimension, got shape (4, 5)")):
+        agent.act(torch.zeros(4, 5))

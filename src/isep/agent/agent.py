@@ -323,6 +323,9 @@ class ISEPAgent(LossesMixin, nn.Module):
         """
         obs = observations if torch.is_tensor(observations) else torch.as_tensor(np.asarray(observations))
         obs = obs.to(self.device, torch.float32)
+        if obs.dim() == 0 or obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"act() takes states of size {self.obs_dim} (the agent's obs_dim) in the last dimension, "
+                             f"got shape {tuple(obs.shape)}")
         if self.runs == 1:
             lead = obs.shape[:-1]
             obs = obs.reshape(1, -1, obs.shape[-1])
