@@ -182,7 +182,8 @@ class ISEPAgent(LossesMixin, nn.Module):
 
         check_buffer(buffer, self.obs_dim, self.act_dim, batch_size)
         mean, std = adopt_statistics(buffer, self.obs_mean, self.obs_std)  # act() sees the states training saw
-        self.obs_mean.copy_(mean), self.obs_std.copy_(std)
+        self.obs_mean.copy_(mean)
+        self.obs_std.copy_(std)
         self.buffer, self.batch_size = buffer, int(batch_size)
         self.reset_step()
 

@@ -77,7 +77,8 @@ def _per_run_kwargs(spec: dict, stack: str, run: str) -> dict:
         if name == "WandbLogger":  # one W&B run per run of the stack, grouped; never the process's global run
             kwargs["group"] = kwargs.get("group") or stack  # (jsonargparse lists wandb.init's arguments, as None)
             kwargs["reinit"] = "create_new"
-            kwargs.pop("version", None), kwargs.pop("id", None)
+            for resumed_id in ("version", "id"):  # a W&B id names one run, never R of them
+                kwargs.pop(resumed_id, None)
     else:
         raise ConfigError(f"--trainer.logger {name} has no version or name to keep a stack's runs apart: "
                           "train the runs apart, or use TensorBoardLogger, CSVLogger, WandbLogger or MLFlowLogger")
