@@ -124,13 +124,13 @@ class ISEPCLI(LightningCLI):
                   f"{default} would start another run)", file=sys.stderr)
         cfg.trainer.precision = normalize(given or resumed or default)
         check_device(cfg.trainer.precision, device)
-        specs = logger_specs(cfg.trainer.as_dict().get("logger"))
+        plain = cfg.as_dict()
+        specs = logger_specs(plain["trainer"].get("logger"))
         check_logger_packages(specs)
-        if stack_size(cfg.as_dict()) > 1:
+        if stack_size(plain) > 1:
             check_stackable(specs)
         if self.check_only:
             return
-        plain = cfg.as_dict()
         command = self._command()  # None: `build_cli(run=False)`, whose caller calls `trainer.fit` itself
         fit = command in ("fit", None)
         if not fit and not ckpt:
