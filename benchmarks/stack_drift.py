@@ -13,28 +13,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers: the tiny agents the tests use
-
-from tests.helpers import OBS_DIM, ready_agent, small_buffer  # noqa: E402
+from isep.agent import ISEPAgent
+from isep.data.buffer import TransitionBuffer
+from isep.data.transitions import Transitions
 
 CHECKPOINTS = (1, 10, 100, 300)
-SIZES = dict(critic_hidden=[256, 256], actor_hidden=[256, 256])  # IQL's widths (tiny ones sum alike here)
+OBS_DIM, ACT_DIM = 3, 2  # small random data: the drift comes from the networks' widths, not the data
+SIZES = dict(critic_hidden=[256, 256], actor_hidden=[256, 256], label_embed_dim=4, flow_steps=3)  # IQL's widths
+
+
+def ready_agent(actor: str, lam: float | list[float], seed: int | list[int]) -> ISEPAgent:
+    """An agent of SIZES on 4,000 random transitions (batch 256), statistics set: ready to step."""
+    agent = ISEPAgent(OBS_DIM, ACT_DIM, actor=actor, lam=lam, seed=seed, **SIZES)
+    data = Transitions.random(4000, OBS_DIM, ACT_DIM, 0, terminal_prob=0.1, action_bound=0.9)
+    agent.attach_data(TransitionBuffer.from_transitions(data), 256)
+    agent.set_data_stats(torch.zeros(OBS_DIM), torch.ones(OBS_DIM), torch.tensor(0.0), torch.tensor(1.0))
+    return agent
 
 
 def drift(actor: str, runs: int = 2) -> list[dict]:
     """Per checkpoint: the worst relative parameter difference over runs and tensors, and the
     worst action difference of the policies on 256 fixed states."""
     lam, seed = [0.0, 0.3, 0.5][:runs], [0, 1, 2][:runs]
-    stack = ready_agent(actor, lam, max_reward=0.0, seed=seed, **SIZES)
-    alone = [ready_agent(actor, lam[r], max_reward=0.0, seed=seed[r], **SIZES) for r in range(runs)]
-    for agent in [stack, *alone]:
-        agent.attach_data(small_buffer(4000), 256)
+    stack = ready_agent(actor, lam, seed)
+    alone = [ready_agent(actor, lam[r], seed[r]) for r in range(runs)]
     steps = [stack.step_function("eager")] + [a.step_function("eager") for a in alone]
     states = torch.randn(256, OBS_DIM, generator=torch.Generator().manual_seed(7))
     rows, done = [], 0
