@@ -42,6 +42,7 @@ def test_site_builds_strict_and_a_broken_reference_fails_it(tmp_path):
         assert f"$ isep {command} --help" in cli and f"usage: isep {command}" in cli, command
     agent = (tmp_path / "site" / "reference" / "agent" / "index.html").read_text()
     assert 'id="isep.agent.agent.ISEPAgent"' in agent and 'id="isep.agent.config.AgentConfig"' in agent
+    assert 'id="isep.agent.agent.ISEPAgent.act"' in agent  # inherited from the policy mixin, shown on the agent
 
     # mkdocs.yml's settings, minus the CLI page's hook; one page (every file in docs_dir must be in the nav)
     (project / "broken.yml").write_text("INHERIT: mkdocs.yml\ndocs_dir: broken-docs\nhooks: []\nnav: [api.md]\n")
