@@ -85,6 +85,24 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(config, fast, use_st
     assert any(name.startswith("agent.moments.actor.exp_avg_sq_") for name in a)
 
 
+@pytest.mark.parametrize("stopped_at", [15, 20])  # inside epoch 2, and at its last batch
+def test_a_max_steps_run_extended_by_max_steps_trains_to_the_new_end_exactly(stopped_at, tmp_path, capfd):
+    """Lightning counts the epoch a `max_steps` stop cut as processed; resumed with a larger
+    `max_steps` it counted it again and stopped early (at 21 of 30, or 20). isep reopens it."""
+    base = ["fit", "--config", str(CONFIGS / "toy" / "sparse_isep_fm.yaml"), *TINY, "--data.toy_size", "500",
+            "--mlflow.enabled", "false", "--evaluation.every", "0", "--trainer.max_epochs", "3"]
+    assert main([*base, "--trainer.default_root_dir", str(tmp_path / "straight"), "--trainer.max_steps", "30"]) == 0
+    resumed = ["--trainer.default_root_dir", str(tmp_path / "resumed")]
+    assert main([*base, *resumed, "--trainer.max_steps", str(stopped_at)]) == 0
+    capfd.readouterr()
+    assert main([*base, *resumed, "--trainer.max_steps", "30", "--ckpt_path", "last"]) == 0
+    assert "resuming from a checkpoint that ended before the epoch ended" not in capfd.readouterr().err  # (it does not apply)
+    (straight,), (run,) = run_folders(tmp_path / "straight"), run_folders(tmp_path / "resumed")
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False) for r in (straight, run))
+    assert a["global_step"] == b["global_step"] == 30 and a["epoch"] == b["epoch"]
+    assert_same_state(params(straight / "checkpoints" / "last.ckpt"), params(run / "checkpoints" / "last.ckpt"))
+
+
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(use_store, tmp_path):
     root = tmp_path / "runs"
     args = [str(ISEP), "fit", "--config", str(CONFIGS / "hopper_med_gaussian.yaml"), *SMALL, "--mlflow.enabled", "false",

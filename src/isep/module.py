@@ -23,7 +23,7 @@ import torch
 
 from isep.agent import AgentConfig, ISEPAgent
 from isep.agent.config import PolicyMix
-from isep.checkpoint_compat import upgrade_checkpoint
+from isep.checkpoint_compat import reopen_stopped_epoch, upgrade_checkpoint
 from isep.errors import ConfigError
 from isep.fast import choose_mode
 from isep.precision import check_device, no_autocast, normalize
@@ -230,6 +230,8 @@ class ISEPModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.first_update = int(checkpoint.get("global_step", 0))  # what a resumed fit starts from
         upgrade_checkpoint(checkpoint)  # checkpoints written before the agent split load as they are
+        if self._trainer is not None:  # (a resume: the new fit's length decides how Lightning reads its loops)
+            reopen_stopped_epoch(checkpoint, iteration_based=self.trainer.max_steps not in (None, -1))
         self.agent.reset_step()  # a captured graph would point at the tensors the load replaces
 
     # -- validation / test: the same losses on fixed batches, nothing updated ---------------------

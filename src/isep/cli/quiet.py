@@ -22,6 +22,9 @@ WARNINGS = (  # (message regex, module regex) of warnings that say nothing to an
     (r"Checkpoint directory .* exists and is not empty", r"lightning\.pytorch\.callbacks\.model_checkpoint"),
     (r"The dirpath has changed from", r"lightning\.pytorch\.callbacks\.model_checkpoint"),
     (r"Experiment logs directory .* exists and is not empty", r"lightning\.fabric\.loggers\.csv_logs"),
+    # isep's training loader yields update ticks only (the agent draws each batch keyed by the update
+    # count), so a resume inside an epoch continues exactly (tested): the warning does not apply
+    (r"You're resuming from a checkpoint that ended before the epoch ended", r"lightning\.pytorch\.loops\.training_epoch_loop"),
     (r"`code_permalink` is set to None|`author_email` is set to None|`eval_env` is set to None|env_spec is None",
      r"minari\.utils"),
 )
