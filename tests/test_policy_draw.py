@@ -111,6 +111,25 @@ def test_runs_from_before_the_setting_keep_their_key_and_a_lambda_zero_run_ignor
     assert AgentConfig(actor="flow", lam=0.3).draw_guidance() == [1.0]  # the trained w (the default 1.0)
 
 
+def test_a_lambda_zero_run_keeps_its_key_and_resumes_whatever_the_draw_says(tmp_path):
+    """The D4RL configs draw a_π at w = 1; their CFGRL runs (--model.lam 0) draw nothing, so a CFGRL
+    run started before that change (draw: the trained w) is the same run and resumes."""
+    from isep.cli import main
+
+    cfgrl = {"model": {"actor": "flow", "lam": 0.0}, "data": {"dataset": "toy/sparse-optimum"}, "seed_everything": 0}
+    drawn = {**cfgrl, "model": {**cfgrl["model"], "policy_guidance": 1.0, "policy_flow_steps": 5}}
+    assert run_key(cfgrl) == run_key(drawn)
+    stack = {**drawn, "model": {**drawn["model"], "lam": [0.0, 0.3]}}
+    assert run_key(stack) != run_key({**stack, "model": {**stack["model"], "policy_guidance": None}})
+
+    root = tmp_path / "runs"
+    common = ["fit", *TOY, "--model.lam", "0", "--trainer.default_root_dir", str(root), "--evaluation.every", "0"]
+    assert main([*common, "--model.policy_guidance", "null", "--trainer.max_steps", "20"]) == 0
+    assert main([*common, "--trainer.max_steps", "30", "--ckpt_path", "last"]) == 0  # the config's 1.0 now
+    (ckpt,) = root.rglob("last.ckpt")
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 30
+
+
 @pytest.mark.parametrize("bad", [{"policy_guidance": 10.5}, {"policy_guidance": -0.1}, {"policy_guidance": float("nan")},
                                  {"policy_flow_steps": 0}])
 def test_bad_draw_settings_are_config_errors(bad):

@@ -29,6 +29,7 @@ HASH_EXCLUDE = {"model.log_every", "model.fast", "model.fast_check", "model.upda
 # keeps the key it had, and a resume of an older checkpoint sees no difference.
 ADDED = {"model.tf32": False, "model.bf16_parts": "safe", "model.policy_guidance": None, "model.policy_flow_steps": None}
 _UNSET = object()
+DRAW_SETTINGS = ("model.policy_guidance", "model.policy_flow_steps")  # the a_π draw: inert at λ = 0
 STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_guidance": float, "policy_mix": str, "seed": int}
 
 
@@ -67,10 +68,17 @@ def precision_name(value) -> str:
     return "32-true" if name in ("None", "32", "32-true") else name
 
 
+def draws_nothing(model: dict) -> bool:
+    """Every run's λ is 0: no a_π is drawn, so the draw's settings change nothing it computes."""
+    lam = model.get("lam", 0.0)
+    return all(float(x) == 0 for x in (lam if isinstance(lam, (list, tuple)) else [lam]))
+
+
 def _digest(config: dict) -> str:
     model, data = config.get("model") or {}, config.get("data") or {}
+    inert = DRAW_SETTINGS if draws_nothing(model) else ()  # a CFGRL run keeps one key whatever the draw says
     settings = {k: v for k, v in flat("", {"model": model, "data": data}).items()
-                if k not in HASH_EXCLUDE and ADDED.get(k, _UNSET) != v}
+                if k not in HASH_EXCLUDE and k not in inert and ADDED.get(k, _UNSET) != v}
     precision = precision_name((config.get("trainer") or {}).get("precision"))
     if precision != "32-true":  # a bf16 run is another run
         settings["trainer.precision"] = precision

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from isep.errors import ConfigError
-from isep.runs import ADDED, HASH_EXCLUDE, flat
+from isep.runs import ADDED, DRAW_SETTINGS, HASH_EXCLUDE, draws_nothing, flat
 
 # Settings a resumed run may change: how long it trains (the rest defines what the run computes).
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")
@@ -77,8 +77,11 @@ def check_resume(config: dict, checkpoint: dict, path: Path) -> None:
     error naming each difference (performance switches excepted: `HASH_EXCLUDE`). A different
     training length (compared with the run folder's config.yaml, when there is one) is applied and
     said."""
-    model = {k: v for k, v in (config.get("model") or {}).items() if k not in ("obs_dim", "act_dim")}
-    saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in ("obs_dim", "act_dim")}
+    skip = {"obs_dim", "act_dim"}
+    if draws_nothing(config.get("model") or {}) and draws_nothing(checkpoint.get("hyper_parameters") or {}):
+        skip |= {name.split(".", 1)[1] for name in DRAW_SETTINGS}  # λ = 0 draws no a_π: its settings are inert
+    model = {k: v for k, v in (config.get("model") or {}).items() if k not in skip}
+    saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in skip}
     problems = _differences(model, saved, "model")
     data = checkpoint.get("datamodule_hyper_parameters")
     if data:
