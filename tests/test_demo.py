@@ -19,3 +19,17 @@ def test_demo_writes_the_figure_and_its_numbers(tmp_path, capsys):
         assert v["updates"] == 40
         assert -0.01 <= v["expected_reward"] <= 1.0
         assert 0 <= v["share_near_optimum"] + v["share_near_suboptimum"] <= 1
+
+
+def test_the_printed_measurements_are_the_guides():
+    """Every figure `isep demo` prints as measured is in the guide that has its table and commands."""
+    import re
+    from pathlib import Path
+
+    from isep.demo import MEASURED
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "policy-draw.md").read_text()
+    figures = re.findall(r"[−+]?\d+\.\d+ \[[−+]?\d+\.\d+, [−+]?\d+\.\d+\]", MEASURED)
+    assert len(figures) >= 10
+    missing = [f for f in figures if f not in guide]
+    assert not missing, f"printed by isep demo but not in docs/guides/policy-draw.md: {missing}"
