@@ -111,7 +111,7 @@ def test_runs_from_before_the_setting_keep_their_key_and_a_lambda_zero_run_ignor
     assert AgentConfig(actor="flow", lam=0.3).draw_guidance() == [1.0]  # the trained w (the default 1.0)
 
 
-def test_a_lambda_zero_run_keeps_its_key_and_resumes_whatever_the_draw_says(tmp_path):
+def test_a_lambda_zero_run_keeps_its_key_and_resumes_whatever_the_draw_says(tmp_path, capfd):
     """The D4RL configs draw a_π at w = 1; their CFGRL runs (--model.lam 0) draw nothing, so a CFGRL
     run started before that change (draw: the trained w) is the same run and resumes."""
     from isep.cli import main
@@ -128,6 +128,10 @@ def test_a_lambda_zero_run_keeps_its_key_and_resumes_whatever_the_draw_says(tmp_
     assert main([*common, "--trainer.max_steps", "30", "--ckpt_path", "last"]) == 0  # the config's 1.0 now
     (ckpt,) = root.rglob("last.ckpt")
     assert torch.load(ckpt, weights_only=False)["global_step"] == 30
+    assert "a_π" not in capfd.readouterr().err  # λ = 0 draws nothing and says nothing of the draw
+    assert main(["fit", *TOY, "--trainer.default_root_dir", str(tmp_path / "isep"), "--evaluation.every", "0",
+                 "--trainer.max_steps", "2", "--stack.policy_guidance", "1,0"]) == 0
+    assert "2 stacked runs (a_π drawn at w = 0, 1, 3 steps)" in capfd.readouterr().err  # the start line says the draw
 
 
 @pytest.mark.parametrize("bad", [{"policy_guidance": 10.5}, {"policy_guidance": -0.1}, {"policy_guidance": float("nan")},

@@ -38,6 +38,10 @@ def print_start(cli) -> None:
     agent, total = module.agent, planned_updates(trainer, cli.datamodule)
     how = f"resuming {plain.get('ckpt_path')}" if cli.resuming else "a new run"
     what = f"{agent.runs} stacked runs" if agent.runs > 1 else f"λ = {float(agent.lam[0]):g}"
+    if agent.actor_kind == "flow" and agent.draws_policy:  # the a_π draw (Eq. 7's sampler at its own w)
+        drawing = zip(agent.config.draw_guidance(), agent.config.per_run("lam"))
+        weights = sorted({f"{w:g}" for w, lam in drawing if float(lam) > 0})
+        what += f" (a_π drawn at w = {', '.join(weights)}, {agent.config.draw_steps()} steps)"
     _say(f"isep: fit → {cli.claim.folder} ({how})")
     bf16 = plain["trainer"]["precision"] == "bf16-mixed"
     parts = f" ({module.hparams.bf16_parts} parts in bf16)" if bf16 else ""
