@@ -29,7 +29,8 @@ HASH_EXCLUDE = {"model.log_every", "model.fast", "model.fast_check", "model.upda
 # keeps the key it had, and a resume of an older checkpoint sees no difference.
 ADDED = {"model.tf32": False, "model.bf16_parts": "safe", "model.policy_guidance": None, "model.policy_flow_steps": None}
 _UNSET = object()
-DRAW_SETTINGS = ("model.policy_guidance", "model.policy_flow_steps")  # the a_π draw: inert at λ = 0
+# The a_π draw's settings (`--model.*`): a λ = 0 run draws no a_π, so they mean nothing there.
+DRAW_SETTINGS = ("policy_guidance", "policy_flow_steps")
 STACK_TYPES = {"lam": float, "expectile": float, "beta": float, "guidance": float, "policy_guidance": float, "policy_mix": str, "seed": int}
 
 
@@ -76,7 +77,7 @@ def draws_nothing(model: dict) -> bool:
 
 def _digest(config: dict) -> str:
     model, data = config.get("model") or {}, config.get("data") or {}
-    inert = DRAW_SETTINGS if draws_nothing(model) else ()  # a CFGRL run keeps one key whatever the draw says
+    inert = {f"model.{name}" for name in DRAW_SETTINGS} if draws_nothing(model) else ()  # a CFGRL run keeps one key
     settings = {k: v for k, v in flat("", {"model": model, "data": data}).items()
                 if k not in HASH_EXCLUDE and k not in inert and ADDED.get(k, _UNSET) != v}
     precision = precision_name((config.get("trainer") or {}).get("precision"))

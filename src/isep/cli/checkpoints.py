@@ -79,7 +79,7 @@ def check_resume(config: dict, checkpoint: dict, path: Path) -> None:
     said."""
     skip = {"obs_dim", "act_dim"}
     if draws_nothing(config.get("model") or {}) and draws_nothing(checkpoint.get("hyper_parameters") or {}):
-        skip |= {name.split(".", 1)[1] for name in DRAW_SETTINGS}  # λ = 0 draws no a_π: its settings are inert
+        skip |= set(DRAW_SETTINGS)  # λ = 0 draws no a_π: its settings are inert
     model = {k: v for k, v in (config.get("model") or {}).items() if k not in skip}
     saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in skip}
     problems = _differences(model, saved, "model")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from isep.errors import CompareError
 from isep.results.store import metric_history
-from isep.runs import ADDED, HASH_EXCLUDE, precision_name
+from isep.runs import ADDED, DRAW_SETTINGS, HASH_EXCLUDE, precision_name
 
 DEFAULT_METRIC = "eval/normalized_score"
 FALLBACK_METRIC = "eval/expected_reward"  # what the toy bandits log instead of a normalized score
@@ -182,13 +182,9 @@ def _check_metric(frame: pd.DataFrame, metric: str) -> None:
                            f"e.g. {DEFAULT_METRIC}")
 
 
-# Settings of the a_π draw: a λ = 0 run draws no a_π, so they mean nothing there (and a λ = 0 run
-# is the baseline of every draw setting).
-DRAW_SETTINGS = ("policy_guidance", "policy_flow_steps")
-
-
 def without_draw(settings: str) -> str:
-    """A `settings` label without the draw settings (what a λ = 0 baseline is matched on)."""
+    """A `settings` label without the draw settings (`isep.runs.DRAW_SETTINGS`): what a λ = 0 run,
+    the baseline of every draw setting, is matched on."""
     return ", ".join(part for part in settings.split(", ") if part and not part.startswith(tuple(f"{d}=" for d in DRAW_SETTINGS)))
 
 
